@@ -1,0 +1,27 @@
+/*
+ * The fdpass C core. This file is read twice: by fdpass.c, and by cffi's cdef
+ * in csrc/build.py, so it holds only declarations that cdef can parse (no
+ * include guards, no macros).
+ *
+ * Every function returns -1 with errno set on each failure path.
+ */
+
+/* Facts about one fd, filled in by fdpass_inspect(). */
+struct fdpass_fdinfo {
+    int fd;
+    int error;          /* 0, or the errno that made the fd unusable */
+    int fd_flags;       /* F_GETFD result: FD_CLOEXEC or 0 */
+    int status_flags;   /* F_GETFL result: O_ACCMODE, O_APPEND, O_NONBLOCK */
+    unsigned int mode;  /* st_mode & S_IFMT */
+    int family;         /* SO_DOMAIN, or -1 if the fd is not a socket */
+    int type;           /* SO_TYPE, or -1 */
+    int protocol;       /* SO_PROTOCOL, or -1 */
+    int listening;      /* SO_ACCEPTCONN: 1 for a listening socket */
+};
+
+int fdpass_exec(const char *path, char *const argv[], char *const envp[],
+                const int *fds, int nfds, int *bad_index);
+
+int fdpass_inspect(const int *fds, int nfds, struct fdpass_fdinfo *out);
+
+int fdpass_set_cloexec(const int *fds, int nfds, int cloexec);

@@ -1,0 +1,97 @@
+"""The only module that touches the compiled cffi module.
+
+Each wrapper takes plain Python values, calls one C function, reads ffi.errno
+once right after the call and turns a failure into OSError through
+raise_errno().
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from fdpass._fdpass import ffi, lib
+
+
+@dataclass(frozen=True)
+class FdInfo:
+    """What the kernel reports about one fd (see struct fdpass_fdinfo)."""
+
+    fd: int
+    error: int
+    fd_flags: int
+    status_flags: int
+    mode: int
+    family: int
+    type: int
+    protocol: int
+    listening: bool
+
+
+def raise_errno(errno: int, filename: object = None) -> None:
+    """Raise OSError for errno, with the standard message and filename."""
+    if filename is None:
+        raise OSError(errno, os.strerror(errno))
+    raise OSError(errno, os.strerror(errno), filename)
+
+
+def _to_cstrings(items: Sequence[bytes]) -> tuple[object, list[object]]:
+    # The char* array must outlive the call, and so must each buffer it points to.
+    buffers = [ffi.new("char[]", item) for item in items]
+    array = ffi.new("char *[]", buffers + [ffi.NULL])
+    return array, buffers
+
+
+def exec_with_fds(path: bytes, argv: Sequence[bytes], envp: Sequence[bytes], fds: Sequence[int]) -> tuple[int, int]:
+    """Call fdpass_exec(). Returns (errno, bad_index) because it returns only on failure.
+
+    bad_index is the index into fds of a closed or repeated fd, or -1.
+    """
+    c_path = ffi.new("char[]", path)
+    c_argv, argv_buffers = _to_cstrings(argv)
+    c_envp, envp_buffers = _to_cstrings(envp)
+    c_fds = ffi.new("int[]", list(fds)) if fds else ffi.NULL
+    bad_index = ffi.new("int *", -1)
+
+    lib.fdpass_exec(c_path, c_argv, c_envp, c_fds, len(fds), bad_index)
+    errno = ffi.errno
+
+    del argv_buffers, envp_buffers
+    return errno, bad_index[0]
+
+
+def inspect(fds: Sequence[int]) -> list[FdInfo]:
+    """Describe each fd with fdpass_inspect(). A closed fd gets error=EBADF."""
+    if not fds:
+        return []
+
+    c_fds = ffi.new("int[]", list(fds))
+    out = ffi.new("struct fdpass_fdinfo[]", len(fds))
+    if lib.fdpass_inspect(c_fds, len(fds), out) == -1:
+        raise_errno(ffi.errno)
+
+    return [
+        FdInfo(
+            fd=info.fd,
+            error=info.error,
+            fd_flags=info.fd_flags,
+            status_flags=info.status_flags,
+            mode=info.mode,
+            family=info.family,
+            type=info.type,
+            protocol=info.protocol,
+            listening=bool(info.listening),
+        )
+        for info in out
+    ]
+
+
+def set_cloexec(fds: Sequence[int], cloexec: bool = True) -> None:
+    """Set or clear FD_CLOEXEC on every fd with one C call."""
+    if not fds:
+        return
+
+    c_fds = ffi.new("int[]", list(fds))
+    if lib.fdpass_set_cloexec(c_fds, len(fds), 1 if cloexec else 0) == -1:
+        raise_errno(ffi.errno)

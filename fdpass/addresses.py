@@ -1,0 +1,184 @@
+"""Socket addresses for listen(): parse them, match them against bound sockets, bind new ones."""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import stat
+from dataclasses import dataclass
+from typing import Union
+
+#: What listen() accepts: (host, port), a Unix socket path, or a NUL-prefixed
+#: abstract Unix name.
+Address = Union[tuple[str, int], tuple[str, int, int, int], str, bytes, "os.PathLike[str]"]
+
+_SOCKET_TYPES = {
+    socket.SOCK_STREAM: "SOCK_STREAM",
+    socket.SOCK_DGRAM: "SOCK_DGRAM",
+    socket.SOCK_SEQPACKET: "SOCK_SEQPACKET",
+}
+
+# sizeof(sockaddr_un.sun_path) on Linux, including the terminating NUL of a path.
+_SUN_PATH_SIZE = 108
+
+
+@dataclass(frozen=True)
+class Target:
+    """A resolved listen() address: family, type and the sockaddr to bind."""
+
+    original: object
+    family: int
+    type: int
+    sockaddr: tuple[object, ...] | bytes
+
+    @property
+    def any_port(self) -> bool:
+        return self.family in (socket.AF_INET, socket.AF_INET6) and self.sockaddr[1] == 0  # type: ignore[index]
+
+
+def type_name(sock_type: int) -> str:
+    return _SOCKET_TYPES.get(sock_type, str(sock_type))
+
+
+def _resolve_inet(address: tuple[object, ...], sock_type: int) -> Target:
+    if len(address) not in (2, 4):
+        raise ValueError(f"address {address!r} must be (host, port) or (host, port, flowinfo, scope_id)")
+    host, port = address[0], address[1]
+    if not isinstance(host, str):
+        raise TypeError(f"host in address {address!r} must be a str, not {type(host).__name__}")
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ValueError(f"port in address {address!r} must be an int from 0 to 65535")
+
+    try:
+        infos = socket.getaddrinfo(
+            host or None, port, socket.AF_UNSPEC, sock_type, 0, socket.AI_PASSIVE | socket.AI_NUMERICSERV
+        )
+    except socket.gaierror as error:
+        raise ValueError(f"host {host!r} in address {address!r} does not resolve: {error.strerror}") from None
+
+    family, _, _, _, sockaddr = infos[0]
+    if family == socket.AF_INET6 and len(address) == 4:
+        sockaddr = (sockaddr[0], port, address[2], address[3])
+    return Target(address, family, sock_type, tuple(sockaddr))
+
+
+def _resolve_unix(address: str | bytes | os.PathLike[str], sock_type: int) -> Target:
+    path = os.fsencode(address)
+    if not path:
+        raise ValueError("Unix socket address is empty; give a path, or a NUL-prefixed abstract name")
+
+    limit = _SUN_PATH_SIZE if path.startswith(b"\0") else _SUN_PATH_SIZE - 1
+    if len(path) > limit:
+        raise ValueError(f"Unix socket address {address!r} is {len(path)} bytes; Linux allows at most {limit}")
+    return Target(address, socket.AF_UNIX, sock_type, path)
+
+
+def resolve(address: Address, sock_type: int) -> Target:
+    """Return the Target for address and socket type, or raise TypeError/ValueError naming it."""
+    if sock_type not in _SOCKET_TYPES:
+        raise ValueError(f"type must be SOCK_STREAM, SOCK_DGRAM or SOCK_SEQPACKET, not {sock_type!r}")
+
+    if isinstance(address, tuple):
+        if sock_type == socket.SOCK_SEQPACKET:
+            raise ValueError(f"SOCK_SEQPACKET needs a Unix socket address, not {address!r}")
+        return _resolve_inet(address, sock_type)
+    if isinstance(address, (str, bytes, os.PathLike)):
+        return _resolve_unix(address, sock_type)
+    raise TypeError(
+        f"address must be (host, port), a Unix socket path or a NUL-prefixed abstract name, "
+        f"not {type(address).__name__}: {address!r}"
+    )
+
+
+def _unix_names_match(bound: object, wanted: bytes) -> bool:
+    bound_bytes = os.fsencode(bound) if isinstance(bound, (str, bytes)) else b""
+    if bound_bytes == wanted:
+        return True
+    if wanted.startswith(b"\0") or not bound_bytes or bound_bytes.startswith(b"\0"):
+        return False
+    return os.path.abspath(bound_bytes) == os.path.abspath(wanted)
+
+
+def matches_bound_address(sock: socket.socket, target: Target, listening: bool | None) -> bool:
+    """Return True if sock has target's family and type and is bound to its address.
+
+    For stream and seqpacket sockets, listening=False rejects the socket, since
+    an accepted connection shares its listener's local address; None skips
+    that check.
+    """
+    if sock.fileno() == -1 or sock.family != target.family or sock.type != target.type:
+        return False
+    if listening is False and target.type != socket.SOCK_DGRAM:
+        return False
+
+    try:
+        bound = sock.getsockname()
+    except OSError:
+        return False
+
+    if target.family == socket.AF_UNIX:
+        assert isinstance(target.sockaddr, bytes)
+        return _unix_names_match(bound, target.sockaddr)
+
+    wanted = target.sockaddr
+    assert isinstance(wanted, tuple)
+    if bound[0] != wanted[0]:
+        return False
+    return target.any_port or bound[1] == wanted[1]
+
+
+def _remove_stale_unix_socket(path: bytes, target: Target) -> None:
+    # A socket file left by a process that is gone would make bind() fail with
+    # EADDRINUSE. Remove it only if nothing accepts connections on it.
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(info.st_mode):
+        raise OSError(
+            errno.EADDRINUSE,
+            f"cannot bind Unix socket {target.original!r}: the path exists and is not a socket; remove it or pick another path",
+        )
+
+    probe = socket.socket(socket.AF_UNIX, target.type)
+    try:
+        probe.connect(path)
+    except ConnectionRefusedError:
+        os.unlink(path)
+        return
+    except OSError:
+        return
+    finally:
+        probe.close()
+    raise OSError(
+        errno.EADDRINUSE,
+        f"cannot bind Unix socket {target.original!r}: another process is accepting connections on it",
+    )
+
+
+def bind_new_socket(target: Target, backlog: int | None) -> socket.socket:
+    """Create a socket for target, bind it and, for stream and seqpacket, listen.
+
+    Raises OSError whose message names the address and the socket type.
+    """
+    sock = socket.socket(target.family, target.type)
+    try:
+        if target.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        elif isinstance(target.sockaddr, bytes) and not target.sockaddr.startswith(b"\0"):
+            _remove_stale_unix_socket(target.sockaddr, target)
+
+        sock.bind(target.sockaddr)
+        if target.type != socket.SOCK_DGRAM:
+            sock.listen(socket.SOMAXCONN if backlog is None else backlog)
+    except OSError as error:
+        sock.close()
+        if error.errno == errno.EADDRINUSE and "cannot bind" in str(error):
+            raise
+        raise OSError(
+            error.errno,
+            f"cannot bind {type_name(target.type)} socket to {target.original!r}: {error.strerror}",
+        ) from None
+
+    return sock

@@ -1,0 +1,87 @@
+"""Rebuild the command line that started this Python program.
+
+reexec() uses this to run the program again the way it was started:
+``python -m pkg args``, ``python script.py args``, ``python -c code args``, or
+a console script, with the interpreter options of the first run. The result
+must still work after the program has called os.chdir(), so a relative script
+path is made absolute and a ``-m`` package found through the start directory
+stays importable.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+
+_PYTHONPATH = "PYTHONPATH"
+
+
+@dataclass(frozen=True)
+class StartCommand:
+    """The executable, argv and extra environment that re-run this program."""
+
+    executable: str
+    argv: list[str]
+    env_updates: dict[str, str] = field(default_factory=dict)
+
+
+def _main_module_file() -> str | None:
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    return path if isinstance(path, str) else None
+
+
+def _absolute_script(arg: str) -> str:
+    # Since Python 3.9, __main__.__file__ is absolute for a script. For a zip
+    # application or a directory, it ends in "__main__.py" inside that path.
+    main_file = _main_module_file()
+    if main_file and os.path.isabs(main_file):
+        if os.path.basename(main_file) == "__main__.py" and not arg.endswith(".py"):
+            return os.path.dirname(main_file)
+        return main_file
+    return os.path.abspath(arg)
+
+
+def _module_search_dir() -> str | None:
+    # For "python -m pkg", sys.path[0] is the directory the program started in.
+    # NOTE: a program that replaced sys.path[0] before this runs loses it.
+    if not sys.path or not sys.path[0] or not os.path.isabs(sys.path[0]):
+        return None
+    return sys.path[0]
+
+
+def current(environ: dict[str, str] | None = None) -> StartCommand:
+    """Return the command that starts this program again.
+
+    environ is the environment the new program will get; it is read to decide
+    whether PYTHONPATH must gain the start directory of a ``-m`` run.
+    """
+    environ = os.environ.copy() if environ is None else environ
+    orig_argv = list(sys.orig_argv)
+    argv = list(sys.argv)
+    executable = sys.executable
+
+    if not executable:
+        raise RuntimeError("sys.executable is empty, so fdpass cannot find the interpreter to run again")
+    if not orig_argv or len(argv) > len(orig_argv):
+        return StartCommand(executable, [executable, *argv])
+
+    # sys.orig_argv is [interpreter, options..., target, args...] and
+    # sys.argv is [target-as-seen, args...], so target sits at this index.
+    target = len(orig_argv) - len(argv)
+    new_argv = list(orig_argv)
+    env_updates: dict[str, str] = {}
+
+    if target == 0:
+        return StartCommand(executable, [executable, *argv])
+    if argv[0] == orig_argv[target] and argv[0] not in ("", "-", "-c"):
+        new_argv[target] = _absolute_script(argv[0])
+    elif orig_argv[target - 1] == "-m" or orig_argv[target].startswith("-m"):
+        search_dir = _module_search_dir()
+        if search_dir is not None and search_dir != os.getcwd():
+            parts = [p for p in environ.get(_PYTHONPATH, "").split(os.pathsep) if p]
+            if search_dir not in parts:
+                env_updates[_PYTHONPATH] = os.pathsep.join([search_dir, *parts])
+
+    return StartCommand(executable, new_argv, env_updates)

@@ -1,0 +1,406 @@
+"""Restart in place: reexec(), inherit(), listen() and the registry of listeners.
+
+reexec() replaces the running program with a fresh run of itself in the same
+process. The fds it passes arrive on 3, 4, ... with the systemd
+socket-activation variables set, and inherit() in the new run turns them back
+into socket and file objects.
+"""
+
+from __future__ import annotations
+
+import errno as errno_module
+import fcntl
+import logging
+import os
+import shutil
+import socket
+import sys
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from typing import NoReturn, Protocol, Union
+
+from fdpass import _native, command, protocol, rebuild
+from fdpass.addresses import Address, bind_new_socket, matches_bound_address, resolve
+
+log = logging.getLogger("fdpass")
+
+
+class HasFileno(Protocol):
+    def fileno(self) -> int: ...
+
+
+#: Anything reexec() accepts as one fd: an int, a socket, a file object, or
+#: any object with fileno().
+FdLike = Union[int, HasFileno]
+
+
+class Inherited(Mapping[str, rebuild.FdObject]):
+    """The fds passed to this process, in fd order, keyed by their names.
+
+    ``result[name]`` returns the first fd with that name and
+    ``result.getall(name)`` all of them, in fd order. Iteration yields each
+    distinct name once. ``descriptions`` tells what each fd is.
+    """
+
+    def __init__(self, entries: Sequence[tuple[rebuild.Description, rebuild.FdObject]]) -> None:
+        self._entries = tuple(entries)
+        self._by_name: dict[str, list[rebuild.FdObject]] = {}
+        for description, obj in self._entries:
+            self._by_name.setdefault(description.name, []).append(obj)
+
+    def __getitem__(self, name: str) -> rebuild.FdObject:
+        return self._by_name[name][0]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._by_name)
+
+    def __len__(self) -> int:
+        return len(self._by_name)
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{d.name!r}: fd {d.fd} ({d.kind})" for d, _ in self._entries)
+        return f"<fdpass.Inherited {{{shown}}}>"
+
+    def getall(self, name: str) -> list[rebuild.FdObject]:
+        """Return every fd passed under name, in fd order; [] if there is none."""
+        return list(self._by_name.get(name, ()))
+
+    @property
+    def objects(self) -> tuple[rebuild.FdObject, ...]:
+        """Every rebuilt object, in fd order."""
+        return tuple(obj for _, obj in self._entries)
+
+    @property
+    def descriptions(self) -> tuple[rebuild.Description, ...]:
+        """The fd number, name and kind of every passed fd, in fd order."""
+        return tuple(description for description, _ in self._entries)
+
+
+_lock = threading.RLock()
+_inherited: Inherited | None = None
+_inherit_error: ValueError | None = None
+# id(object) -> name, for every inherited object, so that passing it on keeps its name.
+_inherited_names: dict[int, str] = {}
+# Sockets returned by listen(), with the name each one is passed under.
+_listeners: list[tuple[socket.socket, str]] = []
+
+
+def inherit() -> Inherited:
+    """Adopt the fds passed through LISTEN_FDS, LISTEN_PID and LISTEN_FDNAMES.
+
+    The first call reads the variables the way sd_listen_fds(3) does: nothing
+    is adopted unless LISTEN_PID equals os.getpid(). Each declared fd must be
+    open and have FD_CLOEXEC clear; an fd with FD_CLOEXEC set was opened by
+    this process after exec, so it was not passed. Adopted fds get FD_CLOEXEC
+    set, and the LISTEN_* variables are removed from os.environ and the C
+    environment so child processes adopt nothing. Later calls return the same
+    object.
+
+    Returns:
+        An Inherited mapping from name to socket.socket or file object.
+
+    Raises:
+        ValueError: the LISTEN_* variables are malformed or declare an fd that
+            was not passed. Nothing is adopted, and later calls raise the same
+            error.
+    """
+    global _inherited, _inherit_error
+
+    with _lock:
+        if _inherited is not None:
+            return _inherited
+        if _inherit_error is not None:
+            raise _inherit_error
+
+        try:
+            listen_env = protocol.decode_current_process()
+            result = _adopt(listen_env)
+        except ValueError as error:
+            _inherit_error = error
+            log.warning("adopted no fds: %s", error)
+            raise
+        finally:
+            protocol.clear(os.environ)
+
+        _inherited = result
+        return result
+
+
+def _adopt(listen_env: protocol.ListenEnv) -> Inherited:
+    infos = _native.inspect(listen_env.fds)
+    count = len(listen_env.fds)
+
+    for info, name in zip(infos, listen_env.names):
+        if info.error:
+            raise ValueError(
+                f"LISTEN_FDS={count} declares fd {info.fd} (name {name!r}), but fd {info.fd} "
+                f"is not usable: {os.strerror(info.error)}. The process that started this one "
+                "passed fewer fds than it declared."
+            )
+        if info.fd_flags & fcntl.FD_CLOEXEC:
+            raise ValueError(
+                f"LISTEN_FDS={count} declares fd {info.fd} (name {name!r}), but fd {info.fd} has "
+                "FD_CLOEXEC set, so this process opened it after exec and it was not passed. "
+                "The process that started this one passed fewer fds than it declared."
+            )
+
+    _native.set_cloexec(listen_env.fds, True)
+
+    entries = []
+    for info, name in zip(infos, listen_env.names):
+        obj = rebuild.rebuild(info)
+        entries.append((rebuild.describe(info, name), obj))
+        _inherited_names[id(obj)] = name
+
+    if entries:
+        log.info(
+            "adopted %d fds: %s",
+            len(entries),
+            ", ".join(f"{d.fd}={d.name!r} ({d.kind})" for d, _ in entries),
+        )
+    return Inherited(entries)
+
+
+def listen(
+    address: Address,
+    *,
+    type: int = socket.SOCK_STREAM,
+    backlog: int | None = None,
+    name: str | None = None,
+) -> socket.socket:
+    """Return a socket bound to address: an inherited one if there is one, or a new one.
+
+    Args:
+        address: ``(host, port)`` for TCP or UDP over IPv4 or IPv6, a filesystem
+            path for a Unix socket, or a str or bytes starting with NUL for a
+            Linux abstract Unix socket. Port 0 matches an inherited socket on
+            any port of that host.
+        type: socket.SOCK_STREAM, SOCK_DGRAM or SOCK_SEQPACKET.
+        backlog: the listen() backlog of a new stream or seqpacket socket;
+            None means socket.SOMAXCONN.
+        name: the name reexec() passes the socket under; None keeps an
+            inherited socket's name and names a new one "unknown".
+
+    The socket is registered, so reexec() with no fds passes it on.
+
+    Raises:
+        TypeError, ValueError: address, type, backlog or name is malformed.
+        OSError: the socket cannot be created or bound; the message names the
+            address.
+    """
+    target = resolve(address, type)
+    if backlog is not None and (isinstance(backlog, bool) or not isinstance(backlog, int) or backlog < 0):
+        raise ValueError(f"backlog must be a non-negative int or None, not {backlog!r}")
+    if name is not None:
+        protocol.validate_name(name)
+
+    inherited = inherit()
+
+    with _lock:
+        _prune_closed_listeners()
+        for sock, registered_name in _listeners:
+            if matches_bound_address(sock, target, listening=None):
+                return sock
+
+        for description, obj in zip(inherited.descriptions, inherited.objects):
+            if isinstance(obj, socket.socket) and matches_bound_address(obj, target, description.listening):
+                _listeners.append((obj, name or description.name))
+                log.debug("listen(%r) reuses inherited fd %d", address, description.fd)
+                return obj
+
+        sock = bind_new_socket(target, backlog)
+        _listeners.append((sock, name or protocol.DEFAULT_NAME))
+        log.debug("listen(%r) bound new fd %d", address, sock.fileno())
+        return sock
+
+
+def _prune_closed_listeners() -> None:
+    _listeners[:] = [(sock, name) for sock, name in _listeners if sock.fileno() != -1]
+
+
+def listeners() -> list[tuple[str, socket.socket]]:
+    """Return (name, socket) for every open socket that listen() returned."""
+    with _lock:
+        _prune_closed_listeners()
+        return [(name, sock) for sock, name in _listeners]
+
+
+def _describe_item(fds: object, key: object, item: object) -> str:
+    if isinstance(fds, Mapping):
+        return f"fd {key!r} ({item!r})"
+    return f"fds[{key}] ({item!r})"
+
+
+def _fd_number(item: object, label: str) -> int:
+    if isinstance(item, bool):
+        raise TypeError(f"{label}: expected an fd as int, socket, file object or object with fileno(), not bool")
+    if isinstance(item, int):
+        fd = item
+    elif hasattr(item, "fileno"):
+        try:
+            fd = item.fileno()
+        except (OSError, ValueError) as error:
+            raise ValueError(f"{label} has no usable fd: {error}") from None
+        if isinstance(fd, bool) or not isinstance(fd, int):
+            raise TypeError(f"{label}: fileno() returned {fd!r}, expected an int")
+    else:
+        raise TypeError(
+            f"{label}: expected an fd as int, socket, file object or object with fileno(), "
+            f"not {type(item).__name__}"
+        )
+
+    if fd < 0:
+        raise ValueError(f"{label} is closed or invalid (fd {fd}); pass an open fd")
+    return fd
+
+
+def _resolve_fds(fds: Sequence[FdLike] | Mapping[str, FdLike]) -> tuple[list[int], list[str], list[str]]:
+    """Return (fd numbers, names, labels for errors), with types, names and repeats checked."""
+    if isinstance(fds, Mapping):
+        pairs = [(name, item, _describe_item(fds, name, item)) for name, item in fds.items()]
+        for name, _, label in pairs:
+            if not isinstance(name, str):
+                raise TypeError(f"{label}: the name must be a str, not {type(name).__name__}")
+            protocol.validate_name(name)
+    elif isinstance(fds, (str, bytes)) or not isinstance(fds, (Sequence, set, frozenset, tuple, list)):
+        raise TypeError(f"fds must be a sequence of fds or a mapping from name to fd, not {type(fds).__name__}")
+    else:
+        pairs = [(protocol.DEFAULT_NAME, item, _describe_item(fds, index, item)) for index, item in enumerate(fds)]
+
+    numbers: list[int] = []
+    first_label: dict[int, str] = {}
+    for _, item, label in pairs:
+        fd = _fd_number(item, label)
+        if fd in first_label:
+            raise ValueError(f"{label} is fd {fd}, which {first_label[fd]} already passes; pass each fd once")
+        first_label[fd] = label
+        numbers.append(fd)
+
+    return numbers, [name for name, _, _ in pairs], [label for _, _, label in pairs]
+
+
+def flush_output() -> None:
+    """Flush sys.stdout, sys.stderr and every logging handler, so exec loses no output."""
+    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+        if stream is None:
+            continue
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+
+    manager_loggers = [logging.getLogger()] + [
+        logger for logger in logging.Logger.manager.loggerDict.values() if isinstance(logger, logging.Logger)
+    ]
+    for logger in manager_loggers:
+        for handler in logger.handlers:
+            try:
+                handler.flush()
+            except (OSError, ValueError):
+                pass
+
+
+def _encode_environment(env: Mapping[str, str]) -> list[bytes]:
+    encoded = []
+    for key, value in env.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise TypeError(f"env must map str to str, but contains {key!r}: {value!r}")
+        if not key or "=" in key or "\0" in key or "\0" in value:
+            raise ValueError(f"env contains an invalid variable {key!r}={value!r}: names need no '=' or NUL")
+        encoded.append(os.fsencode(f"{key}={value}"))
+    return encoded
+
+
+def _encode_argv(argv: Sequence[str | bytes]) -> list[bytes]:
+    if isinstance(argv, (str, bytes)) or not argv:
+        raise ValueError(f"argv must be a non-empty sequence of str or bytes, not {argv!r}")
+
+    encoded = []
+    for index, arg in enumerate(argv):
+        if not isinstance(arg, (str, bytes, os.PathLike)):
+            raise TypeError(f"argv[{index}] must be str or bytes, not {type(arg).__name__}")
+        arg_bytes = os.fsencode(arg)
+        if b"\0" in arg_bytes:
+            raise ValueError(f"argv[{index}] {arg!r} contains NUL")
+        encoded.append(arg_bytes)
+    return encoded
+
+
+def reexec(
+    fds: Sequence[FdLike] | Mapping[str, FdLike] = (),
+    *,
+    argv: Sequence[str | bytes] | None = None,
+    executable: str | bytes | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> NoReturn:
+    """Replace this program with a fresh run of itself, in the same process, passing fds.
+
+    The fds arrive in the new run on 3, 4, ... in order, with LISTEN_FDS,
+    LISTEN_PID (this PID, which exec keeps) and LISTEN_FDNAMES set, and
+    inherit() there turns them back into objects. Every other fd above 2 is
+    closed by the exec. stdout, stderr and the logging handlers are flushed
+    first. Never returns on success.
+
+    Args:
+        fds: a sequence of fds, each named "unknown", or a mapping from name
+            to fd. An fd is an int, a socket, a file object or anything with
+            fileno(). Empty means every open socket that listen() returned.
+        argv: the new argv; None re-runs this program with its original
+            interpreter options and arguments (see fdpass.command).
+        executable: the file to execute; None means sys.executable when argv
+            is None, else argv[0] looked up in PATH.
+        env: the new environment; None means os.environ. LISTEN_* variables
+            in it are replaced.
+
+    Raises:
+        TypeError, ValueError: an fd is closed, invalid or passed twice, a name
+            is invalid, or argv or env is malformed. Nothing has changed.
+        OSError: execve failed (for example ENOENT, EACCES or E2BIG). Every fd,
+            fd flag and signal setting is as it was, so the program can go on
+            serving.
+    """
+    if isinstance(fds, (Mapping, Sequence)) and len(fds) == 0:
+        defaults = listeners()
+        numbers = [sock.fileno() for _, sock in defaults]
+        names = [name for name, _ in defaults]
+        labels = [f"listener {name!r} ({sock!r})" for name, sock in defaults]
+    else:
+        numbers, names, labels = _resolve_fds(fds)
+
+    environ = dict(os.environ if env is None else env)
+    if argv is None:
+        start = command.current(environ)
+        exec_argv: Sequence[str | bytes] = start.argv
+        exec_path: str | bytes | os.PathLike[str] = start.executable if executable is None else executable
+        environ.update(start.env_updates)
+    else:
+        exec_argv = argv
+        if executable is None:
+            first = os.fsdecode(argv[0]) if argv and isinstance(argv[0], (str, bytes)) else ""
+            exec_path = shutil.which(first) or first
+        else:
+            exec_path = executable
+    protocol.apply(environ, names, os.getpid())
+
+    path_bytes = os.fsencode(exec_path)
+    argv_bytes = _encode_argv(exec_argv)
+    envp_bytes = _encode_environment(environ)
+
+    with _lock:
+        log.info(
+            "restarting in place: executing %s with %d fds (%s)",
+            os.fsdecode(path_bytes),
+            len(numbers),
+            ", ".join(f"{fd}={name!r}" for fd, name in zip(numbers, names)),
+        )
+        flush_output()
+        errno, bad_index = _native.exec_with_fds(path_bytes, argv_bytes, envp_bytes, numbers)
+
+    if bad_index >= 0:
+        label = labels[bad_index]
+        if errno == errno_module.EBADF:
+            raise OSError(errno, f"{label} is fd {numbers[bad_index]}, which is not open; pass an open fd")
+        raise ValueError(f"{label} is fd {numbers[bad_index]}, which is passed twice; pass each fd once")
+
+    log.warning("restart failed: execve(%s): %s; the program keeps running", os.fsdecode(path_bytes), os.strerror(errno))
+    raise OSError(errno, os.strerror(errno), os.fsdecode(path_bytes))
