@@ -1,0 +1,3 @@
+from fdpass.cli import main
+
+raise SystemExit(main())
