@@ -1,0 +1,209 @@
+"""Shared fixtures: start real child processes and always end them.
+
+Tests start child programs through the ``children`` fixture. Each child runs
+in its own session, so it leads a process group. At teardown the fixture
+sends SIGKILL to every group it started and reaps every child, even when the
+test failed. Reads from a child's stdout have a deadline, so a hung child
+fails the test with its stderr attached instead of hanging the suite.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import selectors
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+
+import pytest
+
+#: Child programs that tests run, one file each.
+HELPERS = pathlib.Path(__file__).parent / "helpers"
+
+#: Seconds a single read or wait may take before the test fails.
+DEFAULT_TIMEOUT = 20.0
+
+_LISTEN_VARIABLES = ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "LISTEN_PIDFDID")
+
+
+def clean_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Return os.environ without LISTEN_* variables, updated with extra."""
+    env = {key: value for key, value in os.environ.items() if key not in _LISTEN_VARIABLES}
+    env.update(extra or {})
+    return env
+
+
+class Child:
+    """A started child process with a line reader on its stdout and its stderr in a file."""
+
+    def __init__(self, popen: subprocess.Popen[bytes], stderr_file: "tempfile._TemporaryFileWrapper[bytes]", leads_group: bool) -> None:
+        self.popen = popen
+        self.leads_group = leads_group
+        self._stderr_file = stderr_file
+        self._buffer = b""
+        self._eof = False
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def stderr_text(self) -> str:
+        """Return everything the child has written to stderr so far."""
+        self._stderr_file.flush()
+        with open(self._stderr_file.name, "rb") as stream:
+            return stream.read().decode(errors="replace")
+
+    def _fill(self, deadline: float) -> bool:
+        # Return False on EOF or deadline; the caller decides which error fits.
+        stdout = self.popen.stdout
+        if stdout is None:
+            raise RuntimeError("this child was started without stdout=PIPE")
+        remaining = deadline - time.monotonic()
+        if self._eof or remaining <= 0:
+            return False
+
+        with selectors.DefaultSelector() as selector:
+            selector.register(stdout.fileno(), selectors.EVENT_READ)
+            if not selector.select(remaining):
+                return False
+        chunk = os.read(stdout.fileno(), 65536)
+        if not chunk:
+            self._eof = True
+            return False
+        self._buffer += chunk
+        return True
+
+    def readline(self, timeout: float = DEFAULT_TIMEOUT) -> str:
+        """Return the next line of stdout without its newline.
+
+        Raises:
+            TimeoutError: no full line arrived within timeout seconds.
+            EOFError: stdout closed before a full line arrived.
+        """
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._buffer:
+            if not self._fill(deadline):
+                kind = EOFError if self._eof else TimeoutError
+                raise kind(
+                    f"child {self.pid} wrote no full line within {timeout} s; "
+                    f"partial stdout {self._buffer[-500:]!r}, exit status {self.popen.poll()}, "
+                    f"stderr:\n{self.stderr_text()[-3000:]}"
+                )
+
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        return line.decode()
+
+    def read_json(self, timeout: float = DEFAULT_TIMEOUT) -> object:
+        """Return the next stdout line parsed as JSON."""
+        line = self.readline(timeout)
+        try:
+            return json.loads(line)
+        except ValueError:
+            raise AssertionError(f"child {self.pid} wrote {line!r}, expected JSON; stderr:\n{self.stderr_text()}") from None
+
+    def read_rest(self, timeout: float = DEFAULT_TIMEOUT) -> str:
+        """Return all remaining stdout, reading until EOF or raising TimeoutError."""
+        deadline = time.monotonic() + timeout
+        while not self._eof:
+            if not self._fill(deadline) and not self._eof:
+                raise TimeoutError(f"child {self.pid} kept stdout open for {timeout} s; stderr:\n{self.stderr_text()}")
+
+        rest, self._buffer = self._buffer, b""
+        return rest.decode(errors="replace")
+
+    def wait(self, timeout: float = DEFAULT_TIMEOUT) -> int:
+        """Return the exit status, waiting at most timeout seconds."""
+        try:
+            return self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise TimeoutError(f"child {self.pid} still runs after {timeout} s; stderr:\n{self.stderr_text()}") from None
+
+    def finish(self, timeout: float = DEFAULT_TIMEOUT) -> tuple[int, str, str]:
+        """Return (exit status, remaining stdout, stderr) once the child has exited."""
+        rest = self.read_rest(timeout) if self.popen.stdout is not None else ""
+        status = self.wait(timeout)
+        return status, rest, self.stderr_text()
+
+    def kill(self) -> None:
+        """Send SIGKILL to the child's process group (or the child alone) and reap it."""
+        # The group outlives its leader while grandchildren remain, and Linux
+        # does not reuse a PID that is still a process group ID.
+        if self.leads_group:
+            try:
+                os.killpg(self.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        if self.popen.poll() is None:
+            self.popen.kill()
+        try:
+            self.popen.wait(10)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+class ChildProcesses:
+    """Starts child processes for one test and ends all of them at teardown."""
+
+    def __init__(self) -> None:
+        self._children: list[Child] = []
+
+    def start(
+        self,
+        argv: Sequence[str | os.PathLike[str]],
+        *,
+        env: Mapping[str, str] | None = None,
+        stdin: int | None = subprocess.DEVNULL,
+        stdout: int | None = subprocess.PIPE,
+        new_session: bool = True,
+        **popen_options: object,
+    ) -> Child:
+        """Start argv and return its Child.
+
+        env defaults to this process's environment without LISTEN_*. stdout
+        is a pipe read through Child.readline(). Other keyword arguments go
+        to subprocess.Popen (cwd, pass_fds, preexec_fn, ...).
+        """
+        stderr_file = tempfile.NamedTemporaryFile(prefix="fdpass-child-stderr-")
+        popen = subprocess.Popen(
+            [os.fspath(arg) for arg in argv],
+            env=clean_environment() if env is None else dict(env),
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr_file,
+            start_new_session=new_session,
+            **popen_options,  # type: ignore[arg-type]
+        )
+        child = Child(popen, stderr_file, leads_group=new_session)
+        self._children.append(child)
+        return child
+
+    def python(self, *args: str | os.PathLike[str], **options: object) -> Child:
+        """Start this interpreter (sys.executable) with args."""
+        return self.start([sys.executable, *args], **options)  # type: ignore[arg-type]
+
+    def helper(self, name: str, *args: str, **options: object) -> Child:
+        """Start tests/helpers/NAME with this interpreter and args."""
+        return self.python(HELPERS / name, *args, **options)
+
+    def end_all(self) -> None:
+        for child in reversed(self._children):
+            child.kill()
+            if child.popen.stdout is not None:
+                child.popen.stdout.close()
+            child._stderr_file.close()
+        self._children.clear()
+
+
+@pytest.fixture
+def children() -> Iterator[ChildProcesses]:
+    """Start child processes; every one of them is killed and reaped at teardown."""
+    processes = ChildProcesses()
+    try:
+        yield processes
+    finally:
+        processes.end_all()

@@ -1,0 +1,53 @@
+"""Restart in place with fdpass.reexec(): the end-to-end scenario."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+
+#: Large enough that the response cannot be in flight as one segment: most of
+#: it waits in the kernel's send and receive buffers during the restart.
+RESPONSE_SIZE = 700 * 1024
+
+
+def serve_one_response(server: socket.socket, response: bytes, received: list[bytes]) -> None:
+    server.settimeout(20)
+    conn, _ = server.accept()
+    with conn:
+        conn.settimeout(20)
+        request = b""
+        while not request.endswith(b"\n"):
+            chunk = conn.recv(1024)
+            if not chunk:
+                break
+            request += chunk
+        received.append(request)
+        conn.sendall(response)
+
+
+def test_response_survives_restart(children, tmp_path):
+    """A response sent while the client restarts arrives complete, byte for byte, in the new run."""
+    response = os.urandom(RESPONSE_SIZE)
+    received: list[bytes] = []
+    output_path = tmp_path / "response.bin"
+
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        thread = threading.Thread(target=serve_one_response, args=(server, response, received), daemon=True)
+        thread.start()
+
+        child = children.helper("fetch_across_restart.py", str(port), str(output_path))
+        first = child.read_json()
+        second = child.read_json()
+        status, _, stderr = child.finish()
+        thread.join(20)
+
+    assert status == 0, stderr
+    assert received == [b"GET /payload\n"]
+    assert first["readable"] is True
+    assert second["pid"] == first["pid"] == child.pid
+    assert second["family"] == socket.AF_INET
+    assert second["peer"] == ["127.0.0.1", port]
+    assert second["length"] == RESPONSE_SIZE
+    assert output_path.read_bytes() == response
