@@ -3,7 +3,7 @@
  * layout (3, 4, ...) and execve, with every change undone if execve fails.
  *
  * Python calls these through cffi. No Python code runs between the steps of
- * fdpass_exec(), so the interpreter never sees a half-moved fd table.
+ * fdpass_exec(), so no Python code can observe a half-moved fd table.
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -23,7 +23,7 @@
 /* SD_LISTEN_FDS_START in sd-daemon.h: the first passed fd is always 3. */
 #define FIRST_PASSED_FD 3
 
-/* Marks a target slot that already holds its chosen fd, so nothing moves. */
+/* Marks a target slot that already contains its chosen fd, so nothing moves. */
 #define SLOT_IDENTITY (-2)
 /* Marks a target slot that was closed before the move. */
 #define SLOT_WAS_CLOSED (-1)
@@ -155,8 +155,9 @@ static int save_target_slots(struct exec_state *st, const int *fds)
 }
 
 /*
- * Place fds[i] on 3 + i. dup2() gives the new fd FD_CLOEXEC clear; a slot that
- * already holds its fd gets FD_CLOEXEC cleared with F_GETFD/F_SETFD.
+ * Place fds[i] on 3 + i. dup2() creates the new fd with FD_CLOEXEC clear. A
+ * slot that already contains its fd gets FD_CLOEXEC cleared with F_GETFD and
+ * F_SETFD.
  */
 static int move_fds(struct exec_state *st, const int *fds)
 {
@@ -274,9 +275,9 @@ static int cloexec_unpassed_fds(struct exec_state *st)
 
 /*
  * Unblock every signal and reset SIGPIPE and SIGXFSZ from SIG_IGN to SIG_DFL.
- * execve keeps ignored dispositions and the mask, and CPython ignores both
- * signals at start-up, so a new image would otherwise inherit them; this is
- * what subprocess's restore_signals does for a child.
+ * execve keeps ignored dispositions and the mask. CPython ignores both signals
+ * at start-up, so a new image would otherwise inherit them. subprocess's
+ * restore_signals does the same for a child.
  */
 static int reset_signals(struct exec_state *st)
 {
@@ -351,9 +352,10 @@ static void rollback(struct exec_state *st)
 }
 
 /*
- * Move fds[i] to 3 + i, clear FD_CLOEXEC on exactly those fds, set it on every
- * other fd above 2, open /dev/null on a closed 0, 1 or 2, reset the signal
- * mask and the SIGPIPE/SIGXFSZ dispositions, then execve(path, argv, envp).
+ * Move fds[i] to 3 + i and clear FD_CLOEXEC on exactly those fds. Set it on
+ * every other fd above 2, and open /dev/null on a closed 0, 1 or 2. Reset the
+ * signal mask and the SIGPIPE/SIGXFSZ dispositions, then call
+ * execve(path, argv, envp).
  *
  * Returns only on failure: -1 with errno set, and every fd number, fd flag and
  * signal setting as it was before the call. For a closed or repeated fd, errno

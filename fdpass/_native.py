@@ -16,7 +16,7 @@ from fdpass._fdpass import ffi, lib
 
 @dataclass(frozen=True)
 class FdInfo:
-    """What the kernel reports about one fd (see struct fdpass_fdinfo)."""
+    """Kernel facts about one fd, as struct fdpass_fdinfo stores them."""
 
     fd: int
     error: int

@@ -9,8 +9,8 @@ import stat
 from dataclasses import dataclass
 from typing import Union
 
-#: What listen() accepts: (host, port), a Unix socket path, or a NUL-prefixed
-#: abstract Unix name.
+#: An address listen() accepts: (host, port), a Unix socket path, or a
+#: NUL-prefixed abstract Unix name.
 Address = Union[tuple[str, int], tuple[str, int, int, int], str, bytes, "os.PathLike[str]"]
 
 _SOCKET_TYPES = {

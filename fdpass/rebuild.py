@@ -17,7 +17,7 @@ from typing import IO, Union
 
 from fdpass._native import FdInfo
 
-#: What rebuild() returns for one fd.
+#: The object rebuild() returns for one fd.
 FdObject = Union[socket.socket, IO[bytes], int]
 
 KIND_SOCKET = "socket"
@@ -84,9 +84,9 @@ def file_mode(status_flags: int) -> str:
 def rebuild(info: FdInfo) -> FdObject:
     """Return a socket.socket or file object that owns info.fd.
 
-    A socket with O_NONBLOCK set comes back in non-blocking mode (timeout 0.0),
-    because SOCK_NONBLOCK is passed to the constructor; no system call changes
-    the shared file description. A directory has no file object, so its fd
+    A socket with O_NONBLOCK set comes back in non-blocking mode (timeout 0.0).
+    The constructor gets SOCK_NONBLOCK for that, so no system call changes the
+    shared file description. A directory has no file object, so its fd
     comes back as an int.
     """
     kind = kind_of(info)

@@ -39,7 +39,7 @@ class Inherited(Mapping[str, rebuild.FdObject]):
 
     ``result[name]`` returns the first fd with that name and
     ``result.getall(name)`` all of them, in fd order. Iteration yields each
-    distinct name once. ``descriptions`` tells what each fd is.
+    distinct name once. ``descriptions`` lists the kind of each fd.
     """
 
     def __init__(self, entries: Sequence[tuple[rebuild.Description, rebuild.FdObject]]) -> None:
@@ -90,7 +90,7 @@ def inherit() -> Inherited:
 
     The first call reads the variables the way sd_listen_fds(3) does: nothing
     is adopted unless LISTEN_PID equals os.getpid(). Each declared fd must be
-    open and have FD_CLOEXEC clear; an fd with FD_CLOEXEC set was opened by
+    open and have FD_CLOEXEC clear. An fd with FD_CLOEXEC set was opened by
     this process after exec, so it was not passed. Adopted fds get FD_CLOEXEC
     set, and the LISTEN_* variables are removed from os.environ and the C
     environment so child processes adopt nothing. Later calls return the same
