@@ -73,6 +73,9 @@ static int validate_fds(const int *fds, int nfds, int *bad_index)
             max_fd = fds[i];
     }
 
+    if (nfds == 0)
+        return 0;
+
     seen = calloc((size_t)max_fd / 8 + 1, 1);
     if (seen == NULL)
         return -1;
