@@ -207,3 +207,13 @@ def children() -> Iterator[ChildProcesses]:
         yield processes
     finally:
         processes.end_all()
+
+
+@pytest.fixture(scope="module")
+def module_children() -> Iterator[ChildProcesses]:
+    """Like children, for module-scoped fixtures that run one child for many tests."""
+    processes = ChildProcesses()
+    try:
+        yield processes
+    finally:
+        processes.end_all()
