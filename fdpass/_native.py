@@ -39,7 +39,7 @@ def raise_errno(errno: int, filename: object = None) -> None:
 def _to_cstrings(items: Sequence[bytes]) -> tuple[object, list[object]]:
     # The char* array must outlive the call, and so must each buffer it points to.
     buffers = [ffi.new("char[]", item) for item in items]
-    array = ffi.new("char *[]", buffers + [ffi.NULL])
+    array = ffi.new("char *[]", [*buffers, ffi.NULL])
     return array, buffers
 
 

@@ -13,7 +13,7 @@ from typing import Union
 #: NUL-prefixed abstract Unix name.
 Address = Union[tuple[str, int], tuple[str, int, int, int], str, bytes, "os.PathLike[str]"]
 
-_SOCKET_TYPES = {
+_SOCKET_TYPES: dict[int, str] = {
     socket.SOCK_STREAM: "SOCK_STREAM",
     socket.SOCK_DGRAM: "SOCK_DGRAM",
     socket.SOCK_SEQPACKET: "SOCK_SEQPACKET",
@@ -34,7 +34,7 @@ class Target:
 
     @property
     def any_port(self) -> bool:
-        return self.family in (socket.AF_INET, socket.AF_INET6) and self.sockaddr[1] == 0  # type: ignore[index]
+        return self.family in (socket.AF_INET, socket.AF_INET6) and self.sockaddr[1] == 0
 
 
 def type_name(sock_type: int) -> str:
@@ -57,10 +57,11 @@ def _resolve_inet(address: tuple[object, ...], sock_type: int) -> Target:
     except socket.gaierror as error:
         raise ValueError(f"host {host!r} in address {address!r} does not resolve: {error.strerror}") from None
 
-    family, _, _, _, sockaddr = infos[0]
+    family, _, _, _, resolved = infos[0]
+    sockaddr: tuple[object, ...] = tuple(resolved)
     if family == socket.AF_INET6 and len(address) == 4:
-        sockaddr = (sockaddr[0], port, address[2], address[3])
-    return Target(address, family, sock_type, tuple(sockaddr))
+        sockaddr = (resolved[0], port, address[2], address[3])
+    return Target(address, family, sock_type, sockaddr)
 
 
 def _resolve_unix(address: str | bytes | os.PathLike[str], sock_type: int) -> Target:
@@ -138,7 +139,8 @@ def _remove_stale_unix_socket(path: bytes, target: Target) -> None:
     if not stat.S_ISSOCK(info.st_mode):
         raise OSError(
             errno.EADDRINUSE,
-            f"cannot bind Unix socket {target.original!r}: the path exists and is not a socket; remove it or pick another path",
+            f"cannot bind Unix socket {target.original!r}: the path exists and is not a socket; "
+            "remove it or pick another path",
         )
 
     probe = socket.socket(socket.AF_UNIX, target.type)

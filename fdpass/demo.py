@@ -60,7 +60,7 @@ def serve(listen_fd: int) -> None:
     while True:
         try:
             chunk = connection.recv(4096)
-        except socket.timeout:
+        except TimeoutError:
             break
         if not chunk:
             break

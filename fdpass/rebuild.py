@@ -8,17 +8,16 @@ own access mode. The kernel facts come from one batched C call
 
 from __future__ import annotations
 
-import io
 import os
 import socket
 import stat
 from dataclasses import dataclass
-from typing import IO, Union
+from typing import IO
 
 from fdpass._native import FdInfo
 
 #: The object rebuild() returns for one fd.
-FdObject = Union[socket.socket, IO[bytes], int]
+FdObject = socket.socket | IO[bytes] | int
 
 KIND_SOCKET = "socket"
 KIND_FIFO = "fifo"
@@ -106,5 +105,5 @@ def rebuild(info: FdInfo) -> FdObject:
     # Pipes, FIFOs and devices cannot seek, so a buffered reader over them
     # would report a wrong position; raw FileIO matches the fd exactly.
     buffering = -1 if kind == KIND_FILE else 0
-    stream: IO[bytes] = io.open(info.fd, mode, buffering=buffering, closefd=True)
+    stream: IO[bytes] = open(info.fd, mode, buffering=buffering, closefd=True)
     return stream

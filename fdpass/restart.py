@@ -17,7 +17,7 @@ import socket
 import sys
 import threading
 from collections.abc import Iterator, Mapping, Sequence
-from typing import NoReturn, Protocol, Union
+from typing import NoReturn, Protocol
 
 from fdpass import _native, command, protocol, rebuild
 from fdpass.addresses import Address, bind_new_socket, matches_bound_address, resolve
@@ -31,7 +31,7 @@ class HasFileno(Protocol):
 
 #: Anything reexec() accepts as one fd: an int, a socket, a file object, or
 #: any object with fileno().
-FdLike = Union[int, HasFileno]
+FdLike = int | HasFileno
 
 
 class Inherited(Mapping[str, rebuild.FdObject]):
@@ -130,7 +130,7 @@ def _adopt(listen_env: protocol.ListenEnv) -> Inherited:
     infos = _native.inspect(listen_env.fds)
     count = len(listen_env.fds)
 
-    for info, name in zip(infos, listen_env.names):
+    for info, name in zip(infos, listen_env.names, strict=True):
         if info.error:
             raise ValueError(
                 f"LISTEN_FDS={count} declares fd {info.fd} (name {name!r}), but fd {info.fd} "
@@ -147,7 +147,7 @@ def _adopt(listen_env: protocol.ListenEnv) -> Inherited:
     _native.set_cloexec(listen_env.fds, True)
 
     entries = []
-    for info, name in zip(infos, listen_env.names):
+    for info, name in zip(infos, listen_env.names, strict=True):
         obj = rebuild.rebuild(info)
         entries.append((rebuild.describe(info, name), obj))
         _inherited_names[id(obj)] = name
@@ -198,11 +198,11 @@ def listen(
 
     with _lock:
         _prune_closed_listeners()
-        for sock, registered_name in _listeners:
+        for sock, _ in _listeners:
             if matches_bound_address(sock, target, listening=None):
                 return sock
 
-        for description, obj in zip(inherited.descriptions, inherited.objects):
+        for description, obj in zip(inherited.descriptions, inherited.objects, strict=True):
             if isinstance(obj, socket.socket) and matches_bound_address(obj, target, description.listening):
                 _listeners.append((obj, name or description.name))
                 log.debug("listen(%r) reuses inherited fd %d", address, description.fd)
@@ -391,7 +391,7 @@ def reexec(
             "restarting in place: executing %s with %d fds (%s)",
             os.fsdecode(path_bytes),
             len(numbers),
-            ", ".join(f"{fd}={name!r}" for fd, name in zip(numbers, names)),
+            ", ".join(f"{fd}={name!r}" for fd, name in zip(numbers, names, strict=True)),
         )
         flush_output()
         errno, bad_index = _native.exec_with_fds(path_bytes, argv_bytes, envp_bytes, numbers)
@@ -402,5 +402,7 @@ def reexec(
             raise OSError(errno, f"{label} is fd {numbers[bad_index]}, which is not open; pass an open fd")
         raise ValueError(f"{label} is fd {numbers[bad_index]}, which is passed twice; pass each fd once")
 
-    log.warning("restart failed: execve(%s): %s; the program keeps running", os.fsdecode(path_bytes), os.strerror(errno))
+    log.warning(
+        "restart failed: execve(%s): %s; the program keeps running", os.fsdecode(path_bytes), os.strerror(errno)
+    )
     raise OSError(errno, os.strerror(errno), os.fsdecode(path_bytes))

@@ -41,7 +41,12 @@ def clean_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
 class Child:
     """A started child process with a line reader on its stdout and its stderr in a file."""
 
-    def __init__(self, popen: subprocess.Popen[bytes], stderr_file: "tempfile._TemporaryFileWrapper[bytes]", leads_group: bool) -> None:
+    def __init__(
+        self,
+        popen: subprocess.Popen[bytes],
+        stderr_file: tempfile._TemporaryFileWrapper[bytes],
+        leads_group: bool,
+    ) -> None:
         self.popen = popen
         self.leads_group = leads_group
         self._stderr_file = stderr_file
@@ -104,7 +109,9 @@ class Child:
         try:
             return json.loads(line)
         except ValueError:
-            raise AssertionError(f"child {self.pid} wrote {line!r}, expected JSON; stderr:\n{self.stderr_text()}") from None
+            raise AssertionError(
+                f"child {self.pid} wrote {line!r}, expected JSON; stderr:\n{self.stderr_text()}"
+            ) from None
 
     def read_rest(self, timeout: float = DEFAULT_TIMEOUT) -> str:
         """Return all remaining stdout, reading until EOF or raising TimeoutError."""
@@ -121,7 +128,9 @@ class Child:
         try:
             return self.popen.wait(timeout)
         except subprocess.TimeoutExpired:
-            raise TimeoutError(f"child {self.pid} still runs after {timeout} s; stderr:\n{self.stderr_text()}") from None
+            raise TimeoutError(
+                f"child {self.pid} still runs after {timeout} s; stderr:\n{self.stderr_text()}"
+            ) from None
 
     def finish(self, timeout: float = DEFAULT_TIMEOUT) -> tuple[int, str, str]:
         """Return (exit status, remaining stdout, stderr) once the child has exited."""

@@ -1,0 +1,18 @@
+# Types of the module that cffi generates from csrc/fdpass.h. Keep the
+# functions of _Lib in step with that header: mypy checks every call in
+# fdpass/_native.py against them.
+from typing import Any
+
+class _FFI:
+    NULL: Any
+    errno: int
+    def new(self, cdecl: str, init: Any = ...) -> Any: ...
+    def string(self, cdata: Any, maxlen: int = ...) -> bytes: ...
+
+class _Lib:
+    def fdpass_exec(self, path: Any, argv: Any, envp: Any, fds: Any, nfds: int, bad_index: Any) -> int: ...
+    def fdpass_inspect(self, fds: Any, nfds: int, out: Any) -> int: ...
+    def fdpass_set_cloexec(self, fds: Any, nfds: int, cloexec: int) -> int: ...
+
+ffi: _FFI
+lib: _Lib
