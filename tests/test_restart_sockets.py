@@ -148,7 +148,14 @@ def test_sockets_work_after_restart(restarted):
 
     for name, data in exchange["accepted"].items():
         assert data == "ping", name
-    assert set(exchange["accepted"]) == {"tcp4_listen", "tcp6_listen", "same_port_tcp", "unix_stream", "unix_seqpacket", "unix_abstract"}
+    assert set(exchange["accepted"]) == {
+        "tcp4_listen",
+        "tcp6_listen",
+        "same_port_tcp",
+        "unix_stream",
+        "unix_seqpacket",
+        "unix_abstract",
+    }
     assert exchange["replies"] == {"tcp4": "reply", "unix": "reply"}
     assert exchange["log"] == "first run\nsecond run\n"
 

@@ -129,7 +129,8 @@ def open_everything(work_dir: str) -> dict[str, object]:
         unix_seqpacket_accepted=unix_seqpacket_accepted,
     )
 
-    for kind, sock_type in (("stream", socket.SOCK_STREAM), ("dgram", socket.SOCK_DGRAM), ("seqpacket", socket.SOCK_SEQPACKET)):
+    pair_types = (("stream", socket.SOCK_STREAM), ("dgram", socket.SOCK_DGRAM), ("seqpacket", socket.SOCK_SEQPACKET))
+    for kind, sock_type in pair_types:
         fds[f"pair_{kind}_a"], fds[f"pair_{kind}_b"] = socket.socketpair(socket.AF_UNIX, sock_type)
 
     read_end, write_end = os.pipe()
