@@ -40,6 +40,8 @@ struct exec_state {
     int slots_saved;             /* slots[0 .. slots_saved) are filled in */
     int slots_moved;             /* target slots 3 .. 3 + slots_moved were overwritten */
     int stdio_opened[3];
+    int stdio_saved[3];          /* F_DUPFD_CLOEXEC copy of an fd that /dev/null replaced on 0-2, or -1 */
+    int stdio_flags[3];          /* the fd flags of 0, 1 and 2 before that */
     int *cloexec_set;            /* fds >= first_unpassed that we marked FD_CLOEXEC */
     int ncloexec_set;
     int signals_changed;
@@ -123,6 +125,66 @@ static int open_missing_stdio(struct exec_state *st)
             return -1;
         }
         st->stdio_opened[s] = 1;
+    }
+
+    return 0;
+}
+
+static int is_chosen(const int *fds, int nfds, int fd)
+{
+    int i;
+
+    for (i = 0; i < nfds; i++) {
+        if (fds[i] == fd)
+            return 1;
+    }
+
+    return 0;
+}
+
+/*
+ * Put /dev/null on each of 0, 1 and 2 that contains a chosen fd or an fd with
+ * FD_CLOEXEC set. Runs after the move has copied chosen fds to their target
+ * slots. Otherwise the new program would find a passed file on stdio too, or
+ * stdio closed by execve. The old fd is kept above every target so that a
+ * failed exec can restore it.
+ */
+static int replace_stdio_for_exec(struct exec_state *st, const int *fds)
+{
+    int s;
+
+    for (s = 0; s < 3; s++) {
+        int null_fd;
+        int placed;
+        int saved_errno;
+
+        st->stdio_flags[s] = fcntl(s, F_GETFD);
+        if (st->stdio_flags[s] == -1)
+            return -1;
+        if (!(st->stdio_flags[s] & FD_CLOEXEC) && !is_chosen(fds, st->nfds, s))
+            continue;
+
+        null_fd = open("/dev/null", O_RDWR | O_CLOEXEC);
+        if (null_fd < 0)
+            return -1;
+        st->stdio_saved[s] = fcntl(s, F_DUPFD_CLOEXEC, st->first_unpassed);
+        if (st->stdio_saved[s] < 0) {
+            saved_errno = errno;
+            close(null_fd);
+            errno = saved_errno;
+            return -1;
+        }
+
+        /* dup2() leaves FD_CLOEXEC clear on s, so the new program keeps /dev/null. */
+        placed = dup2(null_fd, s);
+        saved_errno = errno;
+        close(null_fd);
+        if (placed < 0) {
+            close(st->stdio_saved[s]);
+            st->stdio_saved[s] = -1;
+            errno = saved_errno;
+            return -1;
+        }
     }
 
     return 0;
@@ -328,6 +390,14 @@ static void rollback(struct exec_state *st)
             fcntl(st->cloexec_set[i], F_SETFD, flags & ~FD_CLOEXEC);
     }
 
+    for (i = 0; i < 3; i++) {
+        if (st->stdio_saved[i] >= 0) {
+            if (dup2(st->stdio_saved[i], i) >= 0)
+                fcntl(i, F_SETFD, st->stdio_flags[i]);
+            close(st->stdio_saved[i]);
+        }
+    }
+
     for (i = 0; i < st->slots_saved; i++) {
         int slot = FIRST_PASSED_FD + i;
         struct slot_backup *backup = &st->slots[i];
@@ -356,9 +426,9 @@ static void rollback(struct exec_state *st)
 
 /*
  * Move fds[i] to 3 + i and clear FD_CLOEXEC on exactly those fds. Set it on
- * every other fd above 2, and open /dev/null on a closed 0, 1 or 2. Reset the
- * signal mask and the SIGPIPE/SIGXFSZ dispositions, then call
- * execve(path, argv, envp).
+ * every other fd above 2. Open /dev/null on each of 0, 1 and 2 that is closed,
+ * contains a chosen fd or has FD_CLOEXEC set. Reset the signal mask and the
+ * SIGPIPE/SIGXFSZ dispositions, then call execve(path, argv, envp).
  *
  * Returns only on failure: -1 with errno set, and every fd number, fd flag and
  * signal setting as it was before the call. For a closed or repeated fd, errno
@@ -383,6 +453,7 @@ int fdpass_exec(const char *path, char *const argv[], char *const envp[],
         return -1;
 
     memset(&st, 0, sizeof(st));
+    st.stdio_saved[0] = st.stdio_saved[1] = st.stdio_saved[2] = -1;
     st.nfds = nfds;
     st.first_unpassed = FIRST_PASSED_FD + nfds;
     st.slots = calloc((size_t)nfds + 1, sizeof(*st.slots));
@@ -392,6 +463,7 @@ int fdpass_exec(const char *path, char *const argv[], char *const envp[],
     if (open_missing_stdio(&st) < 0 ||
         save_target_slots(&st, fds) < 0 ||
         move_fds(&st, fds) < 0 ||
+        replace_stdio_for_exec(&st, fds) < 0 ||
         cloexec_unpassed_fds(&st) < 0 ||
         reset_signals(&st) < 0) {
         rollback(&st);
