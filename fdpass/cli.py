@@ -6,13 +6,32 @@ import argparse
 import logging
 from collections.abc import Sequence
 
-from fdpass import clirun
-
 
 def _run_demo(args: argparse.Namespace) -> int:
     from fdpass import demo
 
     return demo.main(rounds=args.rounds)
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    from fdpass import benchmarks
+
+    return benchmarks.main(
+        fd_counts=args.fd_counts, rounds=args.rounds, repeats=args.repeats,
+        import_runs=args.import_runs, plot_path=args.plot,
+    )
+
+
+def _fd_counts(text: str) -> list[int]:
+    try:
+        counts = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"invalid fd counts {text!r}: expected positive integers such as 1,10,100"
+        ) from None
+    if any(count < 1 for count in counts):
+        raise argparse.ArgumentTypeError(f"invalid fd counts {text!r}: each count must be at least 1")
+    return counts
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,7 +60,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(handler=_run_demo)
 
-    clirun.add_parser(subcommands)
+    bench = subcommands.add_parser(
+        "bench",
+        help="measure restart latency, per-fd cost, buffered reads and import time against the alternatives",
+        description=(
+            "Restart a worker program in place with fdpass, with the pure-Python path and with a plain "
+            "execve that passes no fds, in one run, and print Markdown tables of medians and ratios."
+        ),
+    )
+    bench.add_argument(
+        "--fd-counts", type=_fd_counts, default=[1, 10, 100, 1000, 10000], metavar="N,N,...",
+        help="numbers of sockets to pass (default: 1,10,100,1000,10000)",
+    )
+    bench.add_argument("--rounds", type=int, default=10, metavar="N",
+                       help="restarts in a row per worker process (default: 10)")
+    bench.add_argument("--repeats", type=int, default=5, metavar="N",
+                       help="worker processes per mode and fd count, interleaved (default: 5)")
+    bench.add_argument("--import-runs", type=int, default=40, metavar="N",
+                       help="fresh interpreters per import statement (default: 40)")
+    bench.add_argument(
+        "--plot", default="fdpass-bench.png", metavar="PATH",
+        help="PNG file for the latency plot; needs the plot extra (matplotlib); '' for none "
+        "(default: fdpass-bench.png)",
+    )
+    bench.set_defaults(handler=_run_bench)
 
     return parser
 

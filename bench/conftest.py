@@ -1,0 +1,40 @@
+"""Options for the benchmarks: ``pytest bench --fd-counts 1,10 --bench-rounds 2``.
+
+CI runs ``pytest bench --benchmark-disable`` with small counts as a smoke test,
+so the benchmarks keep working; no test here asserts a timing.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("fdpass benchmarks")
+    group.addoption(
+        "--fd-counts", default="1,10,100,1000,10000",
+        help="comma-separated numbers of sockets to pass (default: 1,10,100,1000,10000)",
+    )
+    group.addoption("--bench-rounds", type=int, default=10, help="restarts in a row per worker process (default: 10)")
+    group.addoption("--bench-repeats", type=int, default=5, help="worker processes per mode, interleaved (default: 5)")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "fd_count" in metafunc.fixturenames:
+        counts = [int(part) for part in metafunc.config.getoption("--fd-counts").split(",")]
+        metafunc.parametrize("fd_count", counts)
+
+
+@pytest.fixture
+def bench_rounds(request: pytest.FixtureRequest) -> int:
+    return int(request.config.getoption("--bench-rounds"))
+
+
+@pytest.fixture
+def bench_repeats(request: pytest.FixtureRequest) -> int:
+    return int(request.config.getoption("--bench-repeats"))
+
+
+@pytest.fixture
+def largest_fd_count(request: pytest.FixtureRequest) -> int:
+    return max(int(part) for part in request.config.getoption("--fd-counts").split(","))

@@ -1,0 +1,113 @@
+"""Benchmarks of fdpass against the alternatives, each measured side by side in one run.
+
+Each benchmark runs fdpass.benchmarks, records medians and ratios in
+benchmark.extra_info (see --benchmark-json) and checks only that every
+measurement produced its samples. ``python -m fdpass bench`` prints the same
+measurements as tables.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+from typing import Any
+
+import pytest
+
+from fdpass import benchmarks
+
+pytestmark = pytest.mark.timeout(1200)
+
+
+def _results(fd_counts: tuple[int, ...]) -> benchmarks.Results:
+    results = benchmarks.Results(fd_counts=fd_counts)
+    note = benchmarks.raise_fd_limit(max(fd_counts) + benchmarks.FD_HEADROOM)
+    if note:
+        print(note)
+    return results
+
+
+def test_restart_latency(
+    benchmark: Any, tmp_path: pathlib.Path, fd_count: int, bench_rounds: int, bench_repeats: int
+) -> None:
+    """fdpass, pure Python and the floor restart with fd_count sockets, interleaved."""
+    results = _results((fd_count,))
+
+    benchmark.pedantic(
+        benchmarks.measure_latency, args=(results, bench_rounds, bench_repeats, str(tmp_path)), rounds=1, iterations=1
+    )
+
+    for mode in benchmarks.LATENCY_MODES:
+        assert len(results.latency[(mode, fd_count)]) == bench_rounds * bench_repeats
+    (row,) = benchmarks.latency_rows(results)
+    benchmark.extra_info.update(
+        floor_ms=row.floor_ms, python_ms=row.python_ms, fdpass_ms=row.fdpass_ms,
+        fdpass_vs_floor=row.vs_floor, fdpass_vs_python=row.vs_python,
+    )
+
+
+def test_per_fd_cost(
+    benchmark: Any, tmp_path: pathlib.Path, largest_fd_count: int, bench_rounds: int, bench_repeats: int
+) -> None:
+    """Prepare and rebuild cost per fd of fdpass and pure Python, at the largest fd count."""
+    results = _results((largest_fd_count,))
+
+    benchmark.pedantic(
+        benchmarks.measure_latency, args=(results, bench_rounds, bench_repeats, str(tmp_path)), rounds=1, iterations=1
+    )
+
+    rows = {row.mode: row for row in benchmarks.per_fd_rows(results)}
+    assert set(rows) == {"fdpass", "python"}
+    for mode, row in rows.items():
+        benchmark.extra_info[f"{mode}_prepare_us_per_fd"] = row.prepare_us
+        benchmark.extra_info[f"{mode}_rebuild_us_per_fd"] = row.rebuild_us
+
+
+def test_buffered_read_throughput(
+    benchmark: Any, tmp_path: pathlib.Path, bench_rounds: int, bench_repeats: int
+) -> None:
+    """Reading a full loopback connection after reexec() against one that never restarted."""
+    results = _results((1,))
+
+    benchmark.pedantic(
+        benchmarks.measure_reads, args=(results, bench_rounds, bench_repeats, str(tmp_path)), rounds=1, iterations=1
+    )
+
+    reads = benchmarks.read_throughput(results)
+    assert len(results.reads["read-restart"]) == bench_rounds * bench_repeats
+    assert reads["read-restart"][1] > 1 << 20, "expected more than 1 MiB in the kernel buffers"
+    benchmark.extra_info.update(
+        direct_mb_per_s=reads["read-direct"][0],
+        restart_mb_per_s=reads["read-restart"][0],
+        restart_vs_direct=reads["read-restart"][0] / reads["read-direct"][0],
+    )
+
+
+def test_import_cost(benchmark: Any, tmp_path: pathlib.Path, bench_repeats: int) -> None:
+    """import fdpass against import socket, each in fresh interpreters."""
+    results = _results((1,))
+
+    benchmark.pedantic(
+        benchmarks.measure_imports, args=(results, 4 * bench_repeats, str(tmp_path)), rounds=1, iterations=1
+    )
+
+    imports = benchmarks.import_ms(results)
+    assert set(imports) == set(benchmarks.IMPORT_STATEMENTS)
+    benchmark.extra_info.update(
+        imports_ms=imports, fdpass_minus_socket_ms=imports["import fdpass"] - imports["import socket"]
+    )
+
+
+def test_report_and_plot(benchmark: Any, tmp_path: pathlib.Path) -> None:
+    """python -m fdpass bench's tables and plot, from one small run."""
+    plot = tmp_path / "latency.png"
+
+    results = benchmark.pedantic(benchmarks.run, args=((1, 2), 1, 1, 1), rounds=1, iterations=1)
+    report = benchmarks.format_report(results)
+
+    assert "| 2 |" in report
+    assert "## Targets" in report
+    if importlib.util.find_spec("matplotlib") is None:
+        pytest.skip("matplotlib (the plot extra) is not installed")
+    benchmarks.write_plot(results, str(plot))
+    assert plot.read_bytes().startswith(b"\x89PNG")

@@ -1,3 +1,0 @@
-from restartpkg.loop import main
-
-main()
