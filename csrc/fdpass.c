@@ -11,11 +11,15 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <signal.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "fdpass.h"
@@ -40,6 +44,8 @@ struct exec_state {
     int slots_saved;             /* slots[0 .. slots_saved) are filled in */
     int slots_moved;             /* target slots 3 .. 3 + slots_moved were overwritten */
     int stdio_opened[3];
+    int stdio_saved[3];          /* F_DUPFD_CLOEXEC copy of an fd that /dev/null replaced on 0-2, or -1 */
+    int stdio_flags[3];          /* the fd flags of 0, 1 and 2 before that */
     int *cloexec_set;            /* fds >= first_unpassed that we marked FD_CLOEXEC */
     int ncloexec_set;
     int signals_changed;
@@ -123,6 +129,66 @@ static int open_missing_stdio(struct exec_state *st)
             return -1;
         }
         st->stdio_opened[s] = 1;
+    }
+
+    return 0;
+}
+
+static int is_chosen(const int *fds, int nfds, int fd)
+{
+    int i;
+
+    for (i = 0; i < nfds; i++) {
+        if (fds[i] == fd)
+            return 1;
+    }
+
+    return 0;
+}
+
+/*
+ * Put /dev/null on each of 0, 1 and 2 that contains a chosen fd or an fd with
+ * FD_CLOEXEC set. Runs after the move has copied chosen fds to their target
+ * slots. Otherwise the new program would find a passed file on stdio too, or
+ * stdio closed by execve. The old fd is kept above every target so that a
+ * failed exec can restore it.
+ */
+static int replace_stdio_for_exec(struct exec_state *st, const int *fds)
+{
+    int s;
+
+    for (s = 0; s < 3; s++) {
+        int null_fd;
+        int placed;
+        int saved_errno;
+
+        st->stdio_flags[s] = fcntl(s, F_GETFD);
+        if (st->stdio_flags[s] == -1)
+            return -1;
+        if (!(st->stdio_flags[s] & FD_CLOEXEC) && !is_chosen(fds, st->nfds, s))
+            continue;
+
+        null_fd = open("/dev/null", O_RDWR | O_CLOEXEC);
+        if (null_fd < 0)
+            return -1;
+        st->stdio_saved[s] = fcntl(s, F_DUPFD_CLOEXEC, st->first_unpassed);
+        if (st->stdio_saved[s] < 0) {
+            saved_errno = errno;
+            close(null_fd);
+            errno = saved_errno;
+            return -1;
+        }
+
+        /* dup2() leaves FD_CLOEXEC clear on s, so the new program keeps /dev/null. */
+        placed = dup2(null_fd, s);
+        saved_errno = errno;
+        close(null_fd);
+        if (placed < 0) {
+            close(st->stdio_saved[s]);
+            st->stdio_saved[s] = -1;
+            errno = saved_errno;
+            return -1;
+        }
     }
 
     return 0;
@@ -328,6 +394,14 @@ static void rollback(struct exec_state *st)
             fcntl(st->cloexec_set[i], F_SETFD, flags & ~FD_CLOEXEC);
     }
 
+    for (i = 0; i < 3; i++) {
+        if (st->stdio_saved[i] >= 0) {
+            if (dup2(st->stdio_saved[i], i) >= 0)
+                fcntl(i, F_SETFD, st->stdio_flags[i]);
+            close(st->stdio_saved[i]);
+        }
+    }
+
     for (i = 0; i < st->slots_saved; i++) {
         int slot = FIRST_PASSED_FD + i;
         struct slot_backup *backup = &st->slots[i];
@@ -356,9 +430,9 @@ static void rollback(struct exec_state *st)
 
 /*
  * Move fds[i] to 3 + i and clear FD_CLOEXEC on exactly those fds. Set it on
- * every other fd above 2, and open /dev/null on a closed 0, 1 or 2. Reset the
- * signal mask and the SIGPIPE/SIGXFSZ dispositions, then call
- * execve(path, argv, envp).
+ * every other fd above 2. Open /dev/null on each of 0, 1 and 2 that is closed,
+ * contains a chosen fd or has FD_CLOEXEC set. Reset the signal mask and the
+ * SIGPIPE/SIGXFSZ dispositions, then call execve(path, argv, envp).
  *
  * Returns only on failure: -1 with errno set, and every fd number, fd flag and
  * signal setting as it was before the call. For a closed or repeated fd, errno
@@ -383,6 +457,7 @@ int fdpass_exec(const char *path, char *const argv[], char *const envp[],
         return -1;
 
     memset(&st, 0, sizeof(st));
+    st.stdio_saved[0] = st.stdio_saved[1] = st.stdio_saved[2] = -1;
     st.nfds = nfds;
     st.first_unpassed = FIRST_PASSED_FD + nfds;
     st.slots = calloc((size_t)nfds + 1, sizeof(*st.slots));
@@ -392,6 +467,7 @@ int fdpass_exec(const char *path, char *const argv[], char *const envp[],
     if (open_missing_stdio(&st) < 0 ||
         save_target_slots(&st, fds) < 0 ||
         move_fds(&st, fds) < 0 ||
+        replace_stdio_for_exec(&st, fds) < 0 ||
         cloexec_unpassed_fds(&st) < 0 ||
         reset_signals(&st) < 0) {
         rollback(&st);
@@ -478,4 +554,379 @@ int fdpass_set_cloexec(const int *fds, int nfds, int cloexec)
     }
 
     return 0;
+}
+
+/*
+ * fdpass_spawn(): start a new program with chosen fds on 3, 4, ... while the
+ * caller keeps running. The child shares the parent's memory (CLONE_VM), so
+ * everything it touches is allocated here, before clone(), and the child
+ * calls only async-signal-safe functions: no malloc, no stdio, no locks.
+ */
+
+#ifndef CLOSE_RANGE_CLOEXEC
+#define CLOSE_RANGE_CLOEXEC (1U << 2)
+#endif
+
+/* The child runs a few small frames on this stack; mmap() backs it lazily. */
+#define SPAWN_STACK_SIZE (128 * 1024)
+#define SPAWN_DIRENT_BUFFER_SIZE 4096
+
+static const char LISTEN_PID_PREFIX[] = "LISTEN_PID=";
+/* "LISTEN_PID=", the decimal digits of any pid_t, and NUL. */
+#define LISTEN_PID_ENTRY_SIZE (sizeof(LISTEN_PID_PREFIX) + 24)
+
+/* struct linux_dirent64 from getdents64(2); glibc before 2.30 does not declare it. */
+struct spawn_dirent64 {
+    unsigned long long d_ino;
+    long long d_off;
+    unsigned short d_reclen;
+    unsigned char d_type;
+    char d_name[];
+};
+
+/* Everything the child reads or writes, prepared by the parent before clone(). */
+struct spawn_plan {
+    const char *path;
+    char *const *argv;
+    char *const *envp;
+    char *listen_pid_entry;   /* the envp slot the child fills in, or NULL */
+    const int *fds;
+    int *dups;                /* scratch: F_DUPFD_CLOEXEC copies of fds, above every target */
+    int nfds;
+    int first_unpassed;       /* 3 + nfds */
+    char *dirent_buffer;      /* SPAWN_DIRENT_BUFFER_SIZE bytes for getdents64 */
+    struct sigaction default_action;
+    sigset_t empty_mask;
+    volatile int child_errno; /* set by the child when it fails; 0 after a successful execve */
+};
+
+static void child_reset_signal_dispositions(const struct spawn_plan *plan)
+{
+    int sig;
+
+    for (sig = 1; sig < NSIG; sig++) {
+        struct sigaction old;
+
+        if (sig == SIGKILL || sig == SIGSTOP)
+            continue;
+        /* glibc rejects its own internal signals with EINVAL; they need no reset. */
+        if (sigaction(sig, NULL, &old) == -1 || old.sa_handler == SIG_DFL)
+            continue;
+        /* An ignored signal stays ignored across execve, as nohup(1) expects,
+         * except the two CPython ignores for itself at start-up. */
+        if (old.sa_handler == SIG_IGN && sig != SIGPIPE && sig != SIGXFSZ)
+            continue;
+        sigaction(sig, &plan->default_action, NULL);
+    }
+}
+
+static int child_open_missing_stdio(void)
+{
+    int s;
+
+    for (s = 0; s < 3; s++) {
+        int fd;
+
+        if (fcntl(s, F_GETFD) != -1 || errno != EBADF)
+            continue;
+        fd = open("/dev/null", O_RDWR);
+        if (fd < 0)
+            return -1;
+        if (fd != s) {
+            if (dup2(fd, s) < 0)
+                return -1;
+            close(fd);
+        }
+    }
+
+    return 0;
+}
+
+/*
+ * Place fds[i] on 3 + i. Every source is first copied above all the targets,
+ * so a source that sits on another entry's target slot is never overwritten
+ * before it is read. The copies carry FD_CLOEXEC, so execve closes them.
+ */
+static int child_move_fds(struct spawn_plan *plan)
+{
+    int i;
+
+    for (i = 0; i < plan->nfds; i++) {
+        plan->dups[i] = fcntl(plan->fds[i], F_DUPFD_CLOEXEC, plan->first_unpassed);
+        if (plan->dups[i] < 0)
+            return -1;
+    }
+    for (i = 0; i < plan->nfds; i++) {
+        if (dup2(plan->dups[i], FIRST_PASSED_FD + i) < 0)
+            return -1;
+    }
+
+    return 0;
+}
+
+static int child_set_cloexec(int fd)
+{
+    int flags = fcntl(fd, F_GETFD);
+
+    if (flags == -1)
+        return errno == EBADF ? 0 : -1;
+    if (flags & FD_CLOEXEC)
+        return 0;
+
+    return fcntl(fd, F_SETFD, flags | FD_CLOEXEC);
+}
+
+static int child_parse_fd(const char *name)
+{
+    long fd = 0;
+
+    if (*name == '\0')
+        return -1;
+    for (; *name != '\0'; name++) {
+        if (*name < '0' || *name > '9' || fd > INT_MAX / 10)
+            return -1;
+        fd = fd * 10 + (*name - '0');
+    }
+
+    return fd > INT_MAX ? -1 : (int)fd;
+}
+
+/* Walk /proc/self/fd with getdents64(2), which, unlike readdir(3), does not allocate. */
+static int child_cloexec_from_proc(struct spawn_plan *plan)
+{
+    int dir = open("/proc/self/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+
+    if (dir < 0)
+        return -1;
+    for (;;) {
+        long n = syscall(SYS_getdents64, dir, plan->dirent_buffer, SPAWN_DIRENT_BUFFER_SIZE);
+        long offset;
+
+        if (n < 0) {
+            close(dir);
+            return -1;
+        }
+        if (n == 0)
+            break;
+        for (offset = 0; offset < n;) {
+            struct spawn_dirent64 *entry = (struct spawn_dirent64 *)(plan->dirent_buffer + offset);
+            int fd = child_parse_fd(entry->d_name);
+
+            offset += entry->d_reclen;
+            if (fd < plan->first_unpassed || fd == dir)
+                continue;
+            if (child_set_cloexec(fd) < 0) {
+                close(dir);
+                return -1;
+            }
+        }
+    }
+    close(dir);
+
+    return 0;
+}
+
+/*
+ * Set FD_CLOEXEC on every fd from first_unpassed up: close_range(2) with
+ * CLOSE_RANGE_CLOEXEC on Linux 5.11 and later, else /proc/self/fd, else every
+ * number below RLIMIT_NOFILE.
+ */
+static int child_cloexec_unpassed_fds(struct spawn_plan *plan)
+{
+    struct rlimit limit;
+    long fd;
+
+#ifdef SYS_close_range
+    if (syscall(SYS_close_range, (unsigned int)plan->first_unpassed, ~0U, CLOSE_RANGE_CLOEXEC) == 0)
+        return 0;
+#endif
+    if (child_cloexec_from_proc(plan) == 0)
+        return 0;
+
+    if (getrlimit(RLIMIT_NOFILE, &limit) == -1)
+        return -1;
+    for (fd = plan->first_unpassed; fd < (long)limit.rlim_cur && fd < INT_MAX; fd++) {
+        if (child_set_cloexec((int)fd) < 0)
+            return -1;
+    }
+
+    return 0;
+}
+
+/* Write "LISTEN_PID=<pid>" into out, a buffer of LISTEN_PID_ENTRY_SIZE bytes. */
+static void child_format_listen_pid(char *out, long pid)
+{
+    char digits[24];
+    size_t ndigits = 0;
+    size_t i;
+
+    do {
+        digits[ndigits++] = (char)('0' + pid % 10);
+        pid /= 10;
+    } while (pid > 0);
+
+    for (i = 0; i < sizeof(LISTEN_PID_PREFIX) - 1; i++)
+        *out++ = LISTEN_PID_PREFIX[i];
+    while (ndigits > 0)
+        *out++ = digits[--ndigits];
+    *out = '\0';
+}
+
+static int spawn_child(void *arg)
+{
+    struct spawn_plan *plan = arg;
+
+    child_reset_signal_dispositions(plan);
+    if (child_open_missing_stdio() < 0 ||
+        child_move_fds(plan) < 0 ||
+        child_cloexec_unpassed_fds(plan) < 0)
+        goto fail;
+    if (plan->listen_pid_entry != NULL)
+        child_format_listen_pid(plan->listen_pid_entry, (long)syscall(SYS_getpid));
+
+    /* The handlers are SIG_DFL by now, so a signal that arrives from here on
+     * cannot run parent code on the shared memory. */
+    sigprocmask(SIG_SETMASK, &plan->empty_mask, NULL);
+    execve(plan->path, plan->argv, plan->envp);
+
+fail:
+    plan->child_errno = errno ? errno : EINVAL;
+    _exit(127);
+}
+
+/* Copy envp without its LISTEN_PID= entries, and add the slot the child fills in. */
+static char **spawn_environment(char *const envp[], char **listen_pid_entry)
+{
+    size_t count = 0;
+    size_t kept = 0;
+    char **copy;
+    size_t i;
+
+    while (envp[count] != NULL)
+        count++;
+    copy = malloc((count + 2) * sizeof(*copy));
+    *listen_pid_entry = malloc(LISTEN_PID_ENTRY_SIZE);
+    if (copy == NULL || *listen_pid_entry == NULL) {
+        free(copy);
+        free(*listen_pid_entry);
+        *listen_pid_entry = NULL;
+        errno = ENOMEM;
+        return NULL;
+    }
+
+    for (i = 0; i < count; i++) {
+        if (strncmp(envp[i], LISTEN_PID_PREFIX, sizeof(LISTEN_PID_PREFIX) - 1) != 0)
+            copy[kept++] = envp[i];
+    }
+    copy[kept++] = *listen_pid_entry;
+    copy[kept] = NULL;
+
+    return copy;
+}
+
+/*
+ * Start path as a new process with fds[i] on 3 + i, as execve(path, argv, envp)
+ * in a child, and return the child's PID. The caller keeps running; nothing
+ * about the caller's fds, fd flags or signal settings changes.
+ *
+ * In the child, between clone() and execve(), with no Python code run:
+ * - every signal handler becomes SIG_DFL, and so do ignored SIGPIPE and
+ *   SIGXFSZ; other ignored signals stay ignored; the signal mask is emptied;
+ * - 0, 1 and 2, if closed, are opened on /dev/null;
+ * - fds[i] is placed on 3 + i with FD_CLOEXEC clear, whatever the overlaps
+ *   between fds and the targets;
+ * - every other fd above 2 gets FD_CLOEXEC, so execve closes it;
+ * - with FDPASS_SPAWN_LISTEN_PID in flags, every LISTEN_PID= entry of envp is
+ *   dropped and LISTEN_PID=<the child's own PID> is added.
+ *
+ * The child is created with clone(CLONE_VM | CLONE_VFORK) on its own stack,
+ * as glibc's posix_spawn does: it runs no atfork handlers (so CPython issues
+ * no fork-in-threads DeprecationWarning), copies no page tables, and only the
+ * calling thread waits, until the child has called execve or exited. Every
+ * signal is blocked in the calling thread around clone() and the mask is
+ * restored after, so no handler runs in the child on the shared memory.
+ *
+ * Returns -1 with errno set on failure, and no child is left behind. A closed
+ * or repeated fd gives EBADF or EINVAL with *bad_index set, checked before
+ * anything starts. Otherwise errno is ENOMEM, clone()'s errno, or the errno
+ * of the child's failed step or execve; that child has been reaped.
+ *
+ * Not async-signal-safe in the caller (it allocates), but safe to call from
+ * any thread of a multithreaded program: the child calls only
+ * async-signal-safe functions, plus syscall(2) for getdents64, close_range
+ * and getpid.
+ * NOTE: a thread that reaps any child (waitpid(-1)) can reap a child whose
+ * execve failed before this function does; errno is still the child's.
+ */
+int fdpass_spawn(const char *path, char *const argv[], char *const envp[],
+                 const int *fds, int nfds, int flags, int *bad_index)
+{
+    struct spawn_plan plan;
+    char **child_envp = NULL;
+    void *stack;
+    sigset_t all_signals, old_mask;
+    pid_t pid;
+    int saved_errno;
+
+    *bad_index = -1;
+    if (path == NULL || argv == NULL || envp == NULL || nfds < 0 ||
+        (nfds > 0 && fds == NULL) || nfds > INT_MAX - FIRST_PASSED_FD ||
+        (flags & ~FDPASS_SPAWN_LISTEN_PID) != 0) {
+        errno = EINVAL;
+        return -1;
+    }
+    if (validate_fds(fds, nfds, bad_index) < 0)
+        return -1;
+
+    memset(&plan, 0, sizeof(plan));
+    plan.path = path;
+    plan.argv = argv;
+    plan.envp = envp;
+    plan.fds = fds;
+    plan.nfds = nfds;
+    plan.first_unpassed = FIRST_PASSED_FD + nfds;
+    plan.default_action.sa_handler = SIG_DFL;
+    sigemptyset(&plan.default_action.sa_mask);
+    sigemptyset(&plan.empty_mask);
+
+    if (flags & FDPASS_SPAWN_LISTEN_PID) {
+        child_envp = spawn_environment(envp, &plan.listen_pid_entry);
+        if (child_envp == NULL)
+            return -1;
+        plan.envp = child_envp;
+    }
+    plan.dups = malloc(((size_t)nfds + 1) * sizeof(int));
+    plan.dirent_buffer = malloc(SPAWN_DIRENT_BUFFER_SIZE);
+    stack = mmap(NULL, SPAWN_STACK_SIZE, PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+    if (plan.dups == NULL || plan.dirent_buffer == NULL || stack == MAP_FAILED) {
+        saved_errno = stack == MAP_FAILED ? errno : ENOMEM;
+        pid = -1;
+        goto out;
+    }
+
+    sigfillset(&all_signals);
+    pthread_sigmask(SIG_BLOCK, &all_signals, &old_mask);
+    /* The stack grows down on every architecture Linux runs CPython on. */
+    pid = clone(spawn_child, (char *)stack + SPAWN_STACK_SIZE,
+                CLONE_VM | CLONE_VFORK | SIGCHLD, &plan);
+    saved_errno = errno;
+    pthread_sigmask(SIG_SETMASK, &old_mask, NULL);
+
+    if (pid > 0 && plan.child_errno != 0) {
+        saved_errno = plan.child_errno;
+        while (waitpid(pid, NULL, 0) == -1 && errno == EINTR)
+            ;
+        pid = -1;
+    }
+
+out:
+    if (stack != MAP_FAILED)
+        munmap(stack, SPAWN_STACK_SIZE);
+    free(plan.dirent_buffer);
+    free(plan.dups);
+    free(plan.listen_pid_entry);
+    free(child_envp);
+    errno = saved_errno;
+    return pid;
 }

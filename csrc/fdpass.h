@@ -25,3 +25,11 @@ int fdpass_exec(const char *path, char *const argv[], char *const envp[],
 int fdpass_inspect(const int *fds, int nfds, struct fdpass_fdinfo *out);
 
 int fdpass_set_cloexec(const int *fds, int nfds, int cloexec);
+
+/* Flags for fdpass_spawn(). */
+enum {
+    FDPASS_SPAWN_LISTEN_PID = 1  /* set LISTEN_PID=<child PID> in the child's environment */
+};
+
+int fdpass_spawn(const char *path, char *const argv[], char *const envp[],
+                 const int *fds, int nfds, int flags, int *bad_index);

@@ -61,6 +61,51 @@ def exec_with_fds(path: bytes, argv: Sequence[bytes], envp: Sequence[bytes], fds
     return errno, bad_index[0]
 
 
+class SpawnFdError(OSError):
+    """fdpass_spawn() rejected fds[index]: EBADF if it is closed, EINVAL if it is repeated."""
+
+    def __init__(self, errno: int, index: int) -> None:
+        super().__init__(errno, os.strerror(errno))
+        self.index = index
+
+
+def spawn_with_fds(
+    path: bytes,
+    argv: Sequence[bytes],
+    envp: Sequence[bytes],
+    fds: Sequence[int],
+    *,
+    set_listen_pid: bool = True,
+) -> int:
+    """Start path as a child with fds on 3, 4, ... through fdpass_spawn(); return its PID.
+
+    With set_listen_pid, the child's environment gets LISTEN_PID=<child PID>
+    in place of any LISTEN_PID entry of envp.
+
+    Raises:
+        SpawnFdError: fds[index] is closed or repeated; no child was started.
+        OSError: the child could not be started, or its execve failed (for
+            example ENOENT or EACCES, with path as the filename). No child is
+            left behind.
+    """
+    c_path = ffi.new("char[]", path)
+    c_argv, argv_buffers = _to_cstrings(argv)
+    c_envp, envp_buffers = _to_cstrings(envp)
+    c_fds = ffi.new("int[]", list(fds)) if fds else ffi.NULL
+    bad_index = ffi.new("int *", -1)
+    flags = lib.FDPASS_SPAWN_LISTEN_PID if set_listen_pid else 0
+
+    pid = lib.fdpass_spawn(c_path, c_argv, c_envp, c_fds, len(fds), flags, bad_index)
+    errno = ffi.errno
+
+    del argv_buffers, envp_buffers
+    if pid == -1:
+        if bad_index[0] >= 0:
+            raise SpawnFdError(errno, bad_index[0])
+        raise_errno(errno, os.fsdecode(path))
+    return int(pid)
+
+
 def inspect(fds: Sequence[int]) -> list[FdInfo]:
     """Describe each fd with fdpass_inspect(). A closed fd gets error=EBADF."""
     if not fds:

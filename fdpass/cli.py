@@ -6,6 +6,8 @@ import argparse
 import logging
 from collections.abc import Sequence
 
+from fdpass import clirun
+
 
 def _run_demo(args: argparse.Namespace) -> int:
     from fdpass import demo
@@ -59,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="number of in-place restarts in a row, each with a request in flight (default: 1)",
     )
     demo.set_defaults(handler=_run_demo)
+
+    clirun.add_parser(subcommands)
 
     bench = subcommands.add_parser(
         "bench",

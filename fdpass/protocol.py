@@ -115,11 +115,14 @@ def _parse_count(variable: str, text: str, maximum: int) -> int:
     if not text.isascii() or not text.isdigit():
         raise ValueError(f"{variable}={text!r} is not a non-negative decimal integer")
 
-    value = int(text)
-    if value > maximum:
-        raise ValueError(f"{variable}={text} is larger than {maximum}")
+    # Compare lengths first: int() rejects a string of more than 4300 digits
+    # (sys.get_int_max_str_digits()) with a message that names no variable.
+    digits = text.lstrip("0") or "0"
+    if len(digits) > len(str(maximum)) or int(digits) > maximum:
+        shown = text if len(text) <= 40 else f"{text[:40]}... ({len(text)} digits)"
+        raise ValueError(f"{variable}={shown} is larger than {maximum}")
 
-    return value
+    return int(digits)
 
 
 def decode(environ: Mapping[str, str], pid: int) -> ListenEnv:

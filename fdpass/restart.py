@@ -231,6 +231,9 @@ def _describe_item(fds: object, key: object, item: object) -> str:
     return f"fds[{key}] ({item!r})"
 
 
+_INT_MAX = 2**31 - 1
+
+
 def _fd_number(item: object, label: str) -> int:
     if isinstance(item, bool):
         raise TypeError(f"{label}: expected an fd as int, socket, file object or object with fileno(), not bool")
@@ -249,7 +252,8 @@ def _fd_number(item: object, label: str) -> int:
             f"not {type(item).__name__}"
         )
 
-    if fd < 0:
+    # The C core takes fds as C int, and no open fd is larger.
+    if fd < 0 or fd > _INT_MAX:
         raise ValueError(f"{label} is closed or invalid (fd {fd}); pass an open fd")
     return fd
 

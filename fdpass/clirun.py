@@ -1,0 +1,257 @@
+"""``fdpass run``: bind sockets, then exec or supervise a command that receives them.
+
+Without --restart-on, fdpass binds every --listen address and execs COMMAND
+in its own process, with LISTEN_FDS, LISTEN_PID and LISTEN_FDNAMES set, as
+``systemd-socket-activate`` does. With --restart-on, it stays as a small
+supervisor (fdpass.supervisor) that holds the sockets and starts a new
+COMMAND on that signal.
+
+Exit codes of ``fdpass run`` itself, before COMMAND runs:
+
+- 2: a malformed command line, such as a bad --listen value or signal name;
+- 1: a socket could not be bound, for example the port is already in use;
+- 126: COMMAND was found but cannot be executed;
+- 127: COMMAND was not found.
+
+After that, ``fdpass run`` exits with COMMAND's status, or 128+N when
+COMMAND was ended by signal N, as a shell reports it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno as errno_module
+import os
+import shutil
+import signal
+import socket
+import sys
+
+from fdpass import cliaddress, restart
+
+EXIT_USAGE = 2
+EXIT_BIND_FAILED = 1
+EXIT_CANNOT_EXECUTE = 126
+EXIT_NOT_FOUND = 127
+
+#: Signals that --restart-on cannot take: they cannot be caught, or the
+#: supervisor already gives them a meaning.
+_RESERVED_SIGNALS = {signal.SIGKILL, signal.SIGSTOP, signal.SIGCHLD, signal.SIGTERM, signal.SIGINT}
+
+
+class RunError(Exception):
+    """An error that ends ``fdpass run`` with exit_code after printing the message."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def parse_signal(text: str) -> signal.Signals:
+    """Return the signal named by text: HUP, SIGHUP, hup or 1.
+
+    Raises argparse.ArgumentTypeError naming the value and the signals it may be.
+    """
+    name = text.strip().upper()
+    try:
+        if name.isdigit():
+            signum = signal.Signals(int(name))
+        else:
+            signum = signal.Signals[name if name.startswith("SIG") else "SIG" + name]
+    except (KeyError, ValueError):
+        raise argparse.ArgumentTypeError(
+            f"unknown signal {text!r}; give a name such as HUP or USR2, or a number"
+        ) from None
+
+    if signum in _RESERVED_SIGNALS:
+        raise argparse.ArgumentTypeError(
+            f"--restart-on cannot be {signum.name}: SIGTERM and SIGINT stop the command, "
+            "SIGKILL and SIGSTOP cannot be caught, and SIGCHLD reports exits; use HUP or USR2"
+        )
+    return signum
+
+
+def _parse_listen(text: str) -> cliaddress.ListenSpec:
+    try:
+        return cliaddress.parse(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
+
+
+def _ready_mode(text: str) -> str | float:
+    if text == "notify":
+        return text
+    try:
+        return _positive_seconds(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"--ready {text!r}: expected 'notify' or a positive number of seconds"
+        ) from None
+
+
+def add_parser(subcommands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add the ``run`` subcommand to the fdpass parser."""
+    run = subcommands.add_parser(
+        "run",
+        help="bind sockets and run a command that receives them through LISTEN_FDS",
+        usage="fdpass run --listen [NAME=]ADDRESS [--listen ...] -- COMMAND [ARGS...]",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "Bind each --listen address, then run COMMAND with the sockets on fds 3, 4, ... in "
+            "the order given, and LISTEN_FDS, LISTEN_PID and LISTEN_FDNAMES set, as systemd "
+            "socket activation does. fdpass execs COMMAND in its own process."
+        ),
+        epilog=(
+            "ADDRESS forms:\n"
+            "  HOST:PORT             TCP (PORT 0 picks a free port)\n"
+            "  [IPV6]:PORT           TCP over IPv6\n"
+            "  tcp:HOST:PORT         TCP, spelled out\n"
+            "  udp:HOST:PORT         UDP; udp:[IPV6]:PORT for IPv6\n"
+            "  unix:/PATH            Unix stream socket\n"
+            "  unix-dgram:/PATH      Unix datagram socket\n"
+            "  unix-seqpacket:/PATH  Unix seqpacket socket\n"
+            "  unix:@NAME            Linux abstract Unix socket (also unix-dgram:@NAME, ...)\n"
+            "\n"
+            "exit status: COMMAND's status, or 128+N if signal N ended it; 2 for a bad command\n"
+            "line, 1 if a socket cannot be bound, 126 if COMMAND cannot be executed, 127 if\n"
+            "COMMAND is not found.\n"
+        ),
+    )
+    run.add_argument(
+        "--listen", "-l", dest="listen", action="append", type=_parse_listen, required=True,
+        metavar="[NAME=]ADDRESS",
+        help="bind a socket and pass it to COMMAND under NAME in LISTEN_FDNAMES "
+        "(repeatable; fds are numbered from 3 in this order; default name: unknown)",
+    )
+    run.add_argument(
+        "--backlog", type=int, default=None, metavar="N",
+        help="listen() backlog of each stream and seqpacket socket, in connections "
+        f"(default: SOMAXCONN, {socket.SOMAXCONN} here, capped by net.core.somaxconn)",
+    )
+    run.add_argument(
+        "command", nargs=argparse.REMAINDER, metavar="COMMAND [ARGS...]",
+        help="the program to run, after '--'",
+    )
+    run.set_defaults(handler=main)
+
+
+def find_executable(command: str) -> str:
+    """Return the path execve should use for command, looked up in PATH like a shell does.
+
+    Raises RunError with exit code 127 (not found) or 126 (not executable).
+    """
+    found = shutil.which(command)
+    if found is not None:
+        return found
+
+    if os.sep in command and os.path.exists(command):
+        if os.path.isdir(command):
+            raise RunError(f"command {command!r} is a directory; give the program to run", EXIT_CANNOT_EXECUTE)
+        raise RunError(
+            f"command {command!r} is not executable; run chmod +x {command} or name an executable file",
+            EXIT_CANNOT_EXECUTE,
+        )
+    if os.sep in command:
+        raise RunError(f"command {command!r} not found; check the path", EXIT_NOT_FOUND)
+    raise RunError(
+        f"command {command!r} not found in PATH; install it, give its full path, or fix PATH "
+        f"(PATH={os.environ.get('PATH', '')})",
+        EXIT_NOT_FOUND,
+    )
+
+
+def _bind_error(spec: cliaddress.ListenSpec, error: OSError) -> RunError:
+    if error.errno == errno_module.EADDRINUSE:
+        return RunError(
+            f"--listen {spec.text}: address already in use; stop the program that listens there "
+            "(ss -lntup shows it) or choose another address",
+            EXIT_BIND_FAILED,
+        )
+    if error.errno == errno_module.EACCES:
+        return RunError(
+            f"--listen {spec.text}: permission denied; ports below 1024 need root or "
+            "CAP_NET_BIND_SERVICE, and a Unix socket needs write access to its directory",
+            EXIT_BIND_FAILED,
+        )
+    if error.errno == errno_module.EADDRNOTAVAIL:
+        return RunError(
+            f"--listen {spec.text}: the address is not on any interface of this machine; "
+            "use one it has, such as 127.0.0.1 or 0.0.0.0",
+            EXIT_BIND_FAILED,
+        )
+    return RunError(f"--listen {spec.text}: cannot bind: {error.strerror or error}", EXIT_BIND_FAILED)
+
+
+def bind_all(specs: list[cliaddress.ListenSpec], backlog: int | None) -> list[tuple[str, socket.socket]]:
+    """Bind (or adopt from LISTEN_FDS) one socket per spec and return (name, socket) in spec order.
+
+    A socket this process inherited through LISTEN_FDS on the same address
+    is reused, so ``fdpass run`` works as a systemd service whose socket
+    unit already bound the address.
+    """
+    bound: list[tuple[str, socket.socket]] = []
+    first_spec: dict[int, cliaddress.ListenSpec] = {}
+
+    for spec in specs:
+        try:
+            sock = restart.listen(spec.address, type=spec.type, backlog=backlog, name=spec.name)
+        except ValueError as error:
+            raise RunError(f"--listen {spec.text}: {error}", EXIT_USAGE) from None
+        except OSError as error:
+            raise _bind_error(spec, error) from None
+
+        if id(sock) in first_spec:
+            raise RunError(
+                f"--listen {spec.text} repeats the address of --listen {first_spec[id(sock)].text}; "
+                "give each address once",
+                EXIT_USAGE,
+            )
+        first_spec[id(sock)] = spec
+        bound.append((spec.name, sock))
+
+    return bound
+
+
+def _command_argv(args: argparse.Namespace) -> list[str]:
+    command = list(args.command)
+    if command and command[0] == "--":
+        command.pop(0)
+    if not command:
+        raise RunError("missing COMMAND; write fdpass run --listen ADDRESS -- COMMAND [ARGS...]", EXIT_USAGE)
+    return command
+
+
+def _exec(command: list[str], executable: str) -> int:
+    # With no fds, reexec() passes every socket listen() returned, in order
+    # and under its name, which bind_all() made exactly the --listen sockets.
+    try:
+        restart.reexec(argv=command, executable=executable)
+    except OSError as error:
+        code = EXIT_NOT_FOUND if error.errno == errno_module.ENOENT else EXIT_CANNOT_EXECUTE
+        raise RunError(f"cannot execute {executable!r}: {error.strerror}", code) from None
+    raise AssertionError("reexec returned without raising")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run ``fdpass run`` with parsed arguments and return the exit code."""
+    try:
+        command = _command_argv(args)
+        executable = find_executable(command[0])
+        if args.backlog is not None and args.backlog < 0:
+            raise RunError(f"--backlog {args.backlog}: expected 0 or more connections", EXIT_USAGE)
+        bind_all(args.listen, args.backlog)
+
+        return _exec(command, executable)
+    except RunError as error:
+        print(f"fdpass run: error: {error}", file=sys.stderr)
+        return error.exit_code

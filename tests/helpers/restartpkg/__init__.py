@@ -1,0 +1,1 @@
+"""A package that restarts itself, run as a script, with -m and through a launcher."""

@@ -1,0 +1,3 @@
+from restartpkg.loop import main
+
+main()
