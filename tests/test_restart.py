@@ -51,3 +51,19 @@ def test_response_survives_restart(children, tmp_path):
     assert second["peer"] == ["127.0.0.1", port]
     assert second["length"] == RESPONSE_SIZE
     assert output_path.read_bytes() == response
+
+
+def test_unflushed_output_kept(children):
+    """print() without flush, a partial stderr line and buffered log records survive reexec()."""
+    child = children.helper("print_before_restart.py")
+    status, stdout, stderr = child.finish()
+
+    assert status == 0, stderr
+    lines = stdout.splitlines()
+    assert "print before restart" in lines
+    assert "log record before restart" in lines
+    assert "print after log" in lines
+    assert lines[-1] == "second run"
+    assert len(lines) == 4
+    assert lines.index("print before restart") < lines.index("print after log")
+    assert stderr.startswith("stderr before restart")
