@@ -1,0 +1,194 @@
+"""fdpass.listen(): return the inherited socket for an address, or bind a new one."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import socket
+
+import pytest
+
+
+def run_cases(children, cases, *, restart=False):
+    args = [json.dumps(cases)] + (["--restart"] if restart else [])
+    child = children.helper("listen_cases.py", *args)
+    first = child.read_json()
+    registered = child.read_json() if restart else None
+    second = child.read_json() if restart else None
+    status, _, stderr = child.finish()
+
+    assert status == 0, stderr
+    assert first["pid"] == child.pid
+    return first["cases"], registered, second
+
+
+@pytest.fixture(scope="module")
+def restarted(module_children, tmp_path_factory):
+    """Run listen() for every kind, restart, and return (cases, first run, registered names, second run)."""
+    tmp_path = tmp_path_factory.mktemp("listen")
+    abstract_name = f"fdpass-test-listen-{os.getpid()}-{os.urandom(4).hex()}"
+    cases = [
+        ["tcp4", ["127.0.0.1", 0], "stream", "tcp4"],
+        ["tcp6", ["::1", 0], "stream", "tcp6"],
+        ["udp4", ["127.0.0.1", 0], "dgram", "udp4"],
+        ["udp6", ["::1", 0], "dgram", "udp6"],
+        ["unix stream", str(tmp_path / "stream.sock"), "stream", "unix-stream"],
+        ["unix dgram", str(tmp_path / "dgram.sock"), "dgram", "unix-dgram"],
+        ["unix seqpacket", str(tmp_path / "seqpacket.sock"), "seqpacket", "unix-seqpacket"],
+        ["abstract", {"abstract": abstract_name}, "stream", None],
+    ]
+    first, registered, second = run_cases(module_children, cases, restart=True)
+    return cases, first, registered, second
+
+
+EXPECTED_KIND = {
+    "tcp4": (socket.AF_INET, socket.SOCK_STREAM, True),
+    "tcp6": (socket.AF_INET6, socket.SOCK_STREAM, True),
+    "udp4": (socket.AF_INET, socket.SOCK_DGRAM, False),
+    "udp6": (socket.AF_INET6, socket.SOCK_DGRAM, False),
+    "unix stream": (socket.AF_UNIX, socket.SOCK_STREAM, True),
+    "unix dgram": (socket.AF_UNIX, socket.SOCK_DGRAM, False),
+    "unix seqpacket": (socket.AF_UNIX, socket.SOCK_SEQPACKET, True),
+    "abstract": (socket.AF_UNIX, socket.SOCK_STREAM, True),
+}
+
+
+def test_listen_creates_each_kind(restarted):
+    """Without inherited sockets, listen() binds a new socket of the requested kind."""
+    cases, first, _, _ = restarted
+
+    for label, address, _, _ in cases:
+        family, sock_type, listening = EXPECTED_KIND[label]
+        result = first[label]
+        assert result["error_type"] is None, (label, result)
+        assert result["family"] == family, label
+        assert result["type"] == sock_type, label
+        assert result["listening"] is listening, label
+        assert result["same_on_second_call"] is True, label
+        if isinstance(address, list):
+            assert result["sockname"][0] == address[0], label
+            assert result["sockname"][1] != 0, label
+        else:
+            assert result["sockname"] == address, label
+
+
+def test_reexec_passes_listeners(restarted):
+    """reexec() with no fds passes every socket listen() returned, under its name."""
+    _, _, registered, second = restarted
+
+    assert registered == {
+        "registered": sorted(
+            ["tcp4", "tcp6", "udp4", "udp6", "unix-stream", "unix-dgram", "unix-seqpacket", "unknown"]
+        )
+    }
+    assert second["names"] == ["tcp4", "tcp6", "udp4", "udp6", "unix-stream", "unix-dgram", "unix-seqpacket", "unknown"]
+
+
+def test_listen_returns_inherited(restarted):
+    """After the restart, listen() with the same address returns the inherited socket, not a new one."""
+    cases, first, _, second = restarted
+
+    for label, _, _, _ in cases:
+        result = second["cases"][label]
+        family, sock_type, listening = EXPECTED_KIND[label]
+        assert result["inherited"] is True, (label, result)
+        assert result["bound_is_same"] is True, label
+        assert result["original_address"]["sockname"] == first[label]["sockname"], label
+        assert result["original_address"]["family"] == family, label
+        assert result["original_address"]["type"] == sock_type, label
+        assert result["original_address"]["listening"] is listening, label
+
+
+def test_same_port_tcp_and_udp(children):
+    """TCP and UDP on one port are two sockets, and after a restart each type gets its own back."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    cases = [
+        ["tcp", ["127.0.0.1", port], "stream", "tcp"],
+        ["udp", ["127.0.0.1", port], "dgram", "udp"],
+    ]
+
+    first, _, second = run_cases(children, cases, restart=True)
+
+    assert first["tcp"]["fd"] != first["udp"]["fd"]
+    assert second["cases"]["tcp"]["inherited"] is True
+    assert second["cases"]["tcp"]["original_address"]["type"] == socket.SOCK_STREAM
+    assert second["cases"]["udp"]["inherited"] is True
+    assert second["cases"]["udp"]["original_address"]["type"] == socket.SOCK_DGRAM
+
+
+def test_stale_unix_socket_removed(children, tmp_path):
+    """A socket file left by a closed socket is removed, and listen() binds there."""
+    path = tmp_path / "stale.sock"
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(path))
+    stale.listen()
+    stale.close()
+    assert path.exists()
+
+    first, _, _ = run_cases(children, [["stale", str(path), "stream", None]])
+
+    assert first["stale"]["error_type"] is None, first
+    assert first["stale"]["sockname"] == str(path)
+
+
+def test_live_unix_socket_kept(children, tmp_path):
+    """A socket file that another process accepts on is neither removed nor bound over."""
+    path = tmp_path / "live.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as live:
+        live.bind(str(path))
+        live.listen()
+
+        first, _, _ = run_cases(children, [["live", str(path), "stream", None]])
+
+        assert path.exists()
+    result = first["live"]
+    assert result["error_type"] == "OSError", result
+    assert result["errno"] == errno.EADDRINUSE
+    assert str(path) in result["message"]
+
+
+def test_unix_path_not_a_socket(children, tmp_path):
+    path = tmp_path / "regular-file"
+    path.write_text("keep me")
+
+    first, _, _ = run_cases(children, [["file", str(path), "stream", None]])
+
+    assert first["file"]["error_type"] == "OSError"
+    assert str(path) in first["file"]["message"]
+    assert path.read_text() == "keep me"
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_port_in_use(children, host):
+    """Binding a port that another socket listens on raises OSError naming the address."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.create_server((host, 0), family=family) as busy:
+        port = busy.getsockname()[1]
+
+        first, _, _ = run_cases(children, [["busy", [host, port], "stream", None]])
+
+    result = first["busy"]
+    assert result["error_type"] == "OSError", result
+    assert result["errno"] == errno.EADDRINUSE
+    assert host in result["message"]
+    assert str(port) in result["message"]
+
+
+@pytest.mark.parametrize(
+    ("address", "sock_type", "error_type"),
+    [
+        (["127.0.0.1", 70000], "stream", "ValueError"),
+        (["127.0.0.1", -1], "stream", "ValueError"),
+        ("", "stream", "ValueError"),
+        ("/tmp/" + "x" * 200, "stream", "ValueError"),
+        (["127.0.0.1", 0], "seqpacket", "ValueError"),
+        (5, "stream", "TypeError"),
+    ],
+)
+def test_bad_address_rejected(children, address, sock_type, error_type):
+    first, _, _ = run_cases(children, [["bad", address, sock_type, None]])
+
+    assert first["bad"]["error_type"] == error_type, first
