@@ -69,7 +69,7 @@ def test_decode_malformed(environ, named):
 
 
 def test_decode_pid_checked_before_count():
-    """A malformed LISTEN_FDS meant for another process is not this process's business."""
+    """LISTEN_PID is checked first, so a malformed LISTEN_FDS meant for another process is ignored."""
     assert protocol.decode(env("garbage", pid=str(PID + 1)), PID) == protocol.ListenEnv((), ())
 
 
