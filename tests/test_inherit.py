@@ -12,7 +12,7 @@ import socket
 import sys
 
 import pytest
-from conftest import HELPERS
+from conftest import HELPERS, clean_environment
 
 NOTHING = (None,)
 NOTHING_OR_VALUE_ERROR = (None, "ValueError")
@@ -120,13 +120,19 @@ def test_no_listen_variables(children):
 
 
 def test_child_environment_after_reexec(children):
-    """After a restart through reexec(), inherit() leaves no LISTEN_* for child processes."""
-    child = children.helper("inherit_report.py", "--restart-first")
+    """reexec() sets LISTEN_* and drops a stale LISTEN_PIDFDID, and inherit() leaves none for child processes."""
+    stale = {"LISTEN_PIDFDID": "12345", "LISTEN_FDNAMES": "stale:names"}
+    child = children.helper("inherit_report.py", "--restart-first", env=clean_environment(stale))
     report = child.read_json()
     status, _, stderr = child.finish()
 
     assert status == 0, stderr
     assert report["pid"] == child.pid
+    assert report["listen_env_at_start"] == {
+        "LISTEN_FDS": "1",
+        "LISTEN_PID": str(child.pid),
+        "LISTEN_FDNAMES": "restarted",
+    }
     assert [(fd["fd"], fd["name"]) for fd in report["adopted"]] == [(3, "restarted")]
     assert_environment_clean(report)
 

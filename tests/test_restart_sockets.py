@@ -89,8 +89,12 @@ def test_socket_kind_kept(restarted, name):
     assert got["sockname"] == before[name]["sockname"]
     assert got["peername"] == before[name]["peername"]
     # The original object may show proto 0, but what the kernel reports must not change.
-    for option in ("so_domain", "so_type", "so_protocol", "listening"):
+    for option in ("so_domain", "so_type", "so_protocol", "listening", "blocking"):
         assert got[option] == before[name][option], option
+    # O_NONBLOCK belongs to the open file description, so it survives exec;
+    # a Python-level timeout does not, and a non-blocking fd comes back with 0.0.
+    if not got["blocking"]:
+        assert got["timeout"] == 0.0
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_FILES))
@@ -114,6 +118,15 @@ def test_same_port_tcp_and_udp(restarted):
     assert after["same_port_tcp"]["sockname"] == after["same_port_udp"]["sockname"]
     assert after["same_port_tcp"]["type"] == STREAM
     assert after["same_port_udp"]["type"] == DGRAM
+
+
+def test_nonblocking_socket_stays_nonblocking(restarted):
+    before, after, _ = restarted
+
+    assert before["udp6"]["blocking"] is False
+    assert after["udp6"]["blocking"] is False
+    assert after["udp6"]["timeout"] == 0.0
+    assert after["udp4"]["timeout"] is None
 
 
 def test_ipv6_stays_ipv6(restarted):

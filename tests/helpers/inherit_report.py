@@ -57,13 +57,18 @@ def main() -> None:
     parser.add_argument("--restart-first", action="store_true")
     options = parser.parse_args()
 
+    listen_env_at_start = {key: value for key, value in os.environ.items() if key.startswith("LISTEN_")}
     opened = [open(os.devnull, "rb") for _ in range(options.open_first)]
 
     if options.restart_first and "HELPER_RESTARTED" not in os.environ:
         pair_end, _unpassed_end = socket.socketpair()
         fdpass.reexec({"restarted": pair_end}, env={**os.environ, "HELPER_RESTARTED": "1"})
 
-    report: dict[str, object] = {"pid": os.getpid(), "opened_first": [f.fileno() for f in opened]}
+    report: dict[str, object] = {
+        "pid": os.getpid(),
+        "opened_first": [f.fileno() for f in opened],
+        "listen_env_at_start": listen_env_at_start,
+    }
     try:
         inherited = fdpass.inherit()
     except Exception as error:

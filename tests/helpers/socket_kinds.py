@@ -43,6 +43,8 @@ def describe_socket(sock: socket.socket) -> dict[str, object]:
         "so_type": sock.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE),
         "so_protocol": sock.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL),
         "listening": bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)),
+        "blocking": os.get_blocking(sock.fileno()),
+        "timeout": sock.gettimeout(),
         "sockname": encode_address(sock.getsockname()),
         "peername": peer,
     }
@@ -97,6 +99,7 @@ def open_everything(work_dir: str) -> dict[str, object]:
     udp4.bind(("127.0.0.1", 0))
     udp6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
     udp6.bind(("::1", 0))
+    udp6.setblocking(False)
     udp4_connected = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     udp4_connected.connect(udp4.getsockname())
     fds.update(udp4=udp4, udp6=udp6, udp4_connected=udp4_connected)
