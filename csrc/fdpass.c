@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -595,6 +596,8 @@ struct spawn_plan {
     int nfds;
     int first_unpassed;       /* 3 + nfds */
     char *dirent_buffer;      /* SPAWN_DIRENT_BUFFER_SIZE bytes for getdents64 */
+    int flags;                /* FDPASS_SPAWN_* */
+    pid_t parent_pid;         /* the caller's PID, to detect its death before PR_SET_PDEATHSIG */
     struct sigaction default_action;
     sigset_t empty_mask;
     volatile int child_errno; /* set by the child when it fails; 0 after a successful execve */
@@ -783,6 +786,17 @@ static int spawn_child(void *arg)
         goto fail;
     if (plan->listen_pid_entry != NULL)
         child_format_listen_pid(plan->listen_pid_entry, (long)syscall(SYS_getpid));
+    if ((plan->flags & FDPASS_SPAWN_NEW_PROCESS_GROUP) && setpgid(0, 0) < 0)
+        goto fail;
+    if (plan->flags & FDPASS_SPAWN_PARENT_DEATHSIG) {
+        if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0)
+            goto fail;
+        /* A caller that died before prctl() would send no signal. */
+        if (getppid() != plan->parent_pid) {
+            errno = ESRCH;
+            goto fail;
+        }
+    }
 
     /* The handlers are SIG_DFL by now, so a signal that arrives from here on
      * cannot run parent code on the shared memory. */
@@ -837,7 +851,11 @@ static char **spawn_environment(char *const envp[], char **listen_pid_entry)
  *   between fds and the targets;
  * - every other fd above 2 gets FD_CLOEXEC, so execve closes it;
  * - with FDPASS_SPAWN_LISTEN_PID in flags, every LISTEN_PID= entry of envp is
- *   dropped and LISTEN_PID=<the child's own PID> is added.
+ *   dropped and LISTEN_PID=<the child's own PID> is added;
+ * - with FDPASS_SPAWN_NEW_PROCESS_GROUP, the child calls setpgid(0, 0);
+ * - with FDPASS_SPAWN_PARENT_DEATHSIG, the child gets SIGKILL when the
+ *   calling thread exits (PR_SET_PDEATHSIG), and fails with ESRCH if the
+ *   caller is already gone.
  *
  * The child is created with clone(CLONE_VM | CLONE_VFORK) on its own stack,
  * as glibc's posix_spawn does: it runs no atfork handlers (so CPython issues
@@ -871,7 +889,8 @@ int fdpass_spawn(const char *path, char *const argv[], char *const envp[],
     *bad_index = -1;
     if (path == NULL || argv == NULL || envp == NULL || nfds < 0 ||
         (nfds > 0 && fds == NULL) || nfds > INT_MAX - FIRST_PASSED_FD ||
-        (flags & ~FDPASS_SPAWN_LISTEN_PID) != 0) {
+        (flags & ~(FDPASS_SPAWN_LISTEN_PID | FDPASS_SPAWN_NEW_PROCESS_GROUP |
+                   FDPASS_SPAWN_PARENT_DEATHSIG)) != 0) {
         errno = EINVAL;
         return -1;
     }
@@ -885,6 +904,8 @@ int fdpass_spawn(const char *path, char *const argv[], char *const envp[],
     plan.fds = fds;
     plan.nfds = nfds;
     plan.first_unpassed = FIRST_PASSED_FD + nfds;
+    plan.flags = flags;
+    plan.parent_pid = getpid();
     plan.default_action.sa_handler = SIG_DFL;
     sigemptyset(&plan.default_action.sa_mask);
     sigemptyset(&plan.empty_mask);
@@ -929,4 +950,14 @@ out:
     free(child_envp);
     errno = saved_errno;
     return pid;
+}
+
+/*
+ * Set or clear PR_SET_CHILD_SUBREAPER on the calling process, so orphaned
+ * descendants are reparented to it instead of to init and it can reap them.
+ * Async-signal-safe.
+ */
+int fdpass_set_child_subreaper(int on)
+{
+    return prctl(PR_SET_CHILD_SUBREAPER, on ? 1 : 0, 0, 0, 0) == -1 ? -1 : 0;
 }

@@ -28,8 +28,12 @@ int fdpass_set_cloexec(const int *fds, int nfds, int cloexec);
 
 /* Flags for fdpass_spawn(). */
 enum {
-    FDPASS_SPAWN_LISTEN_PID = 1  /* set LISTEN_PID=<child PID> in the child's environment */
+    FDPASS_SPAWN_LISTEN_PID = 1,         /* set LISTEN_PID=<child PID> in the child's environment */
+    FDPASS_SPAWN_NEW_PROCESS_GROUP = 2,  /* setpgid(0, 0): the child leads a new process group */
+    FDPASS_SPAWN_PARENT_DEATHSIG = 4     /* PR_SET_PDEATHSIG SIGKILL: the child dies with the caller's thread */
 };
 
 int fdpass_spawn(const char *path, char *const argv[], char *const envp[],
                  const int *fds, int nfds, int flags, int *bad_index);
+
+int fdpass_set_child_subreaper(int on);

@@ -16,7 +16,10 @@ class _Lib:
     def fdpass_spawn(
         self, path: Any, argv: Any, envp: Any, fds: Any, nfds: int, flags: int, bad_index: Any
     ) -> int: ...
+    def fdpass_set_child_subreaper(self, on: int) -> int: ...
     FDPASS_SPAWN_LISTEN_PID: int
+    FDPASS_SPAWN_NEW_PROCESS_GROUP: int
+    FDPASS_SPAWN_PARENT_DEATHSIG: int
 
 ffi: _FFI
 lib: _Lib

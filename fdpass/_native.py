@@ -76,11 +76,15 @@ def spawn_with_fds(
     fds: Sequence[int],
     *,
     set_listen_pid: bool = True,
+    new_process_group: bool = False,
+    parent_death_signal: bool = False,
 ) -> int:
     """Start path as a child with fds on 3, 4, ... through fdpass_spawn(); return its PID.
 
     With set_listen_pid, the child's environment gets LISTEN_PID=<child PID>
-    in place of any LISTEN_PID entry of envp.
+    in place of any LISTEN_PID entry of envp. With new_process_group, the
+    child leads a new process group. With parent_death_signal, the child gets
+    SIGKILL when the calling thread exits.
 
     Raises:
         SpawnFdError: fds[index] is closed or repeated; no child was started.
@@ -94,6 +98,10 @@ def spawn_with_fds(
     c_fds = ffi.new("int[]", list(fds)) if fds else ffi.NULL
     bad_index = ffi.new("int *", -1)
     flags = lib.FDPASS_SPAWN_LISTEN_PID if set_listen_pid else 0
+    if new_process_group:
+        flags |= lib.FDPASS_SPAWN_NEW_PROCESS_GROUP
+    if parent_death_signal:
+        flags |= lib.FDPASS_SPAWN_PARENT_DEATHSIG
 
     pid = lib.fdpass_spawn(c_path, c_argv, c_envp, c_fds, len(fds), flags, bad_index)
     errno = ffi.errno
@@ -139,4 +147,10 @@ def set_cloexec(fds: Sequence[int], cloexec: bool = True) -> None:
 
     c_fds = ffi.new("int[]", list(fds))
     if lib.fdpass_set_cloexec(c_fds, len(fds), 1 if cloexec else 0) == -1:
+        raise_errno(ffi.errno)
+
+
+def set_child_subreaper(on: bool = True) -> None:
+    """Set or clear PR_SET_CHILD_SUBREAPER, so orphaned descendants become this process's children."""
+    if lib.fdpass_set_child_subreaper(1 if on else 0) == -1:
         raise_errno(ffi.errno)

@@ -104,12 +104,14 @@ def add_parser(subcommands: argparse._SubParsersAction) -> None:  # type: ignore
     run = subcommands.add_parser(
         "run",
         help="bind sockets and run a command that receives them through LISTEN_FDS",
-        usage="fdpass run --listen [NAME=]ADDRESS [--listen ...] -- COMMAND [ARGS...]",
+        usage="fdpass run --listen [NAME=]ADDRESS [--listen ...] [--restart-on SIGNAL] -- COMMAND [ARGS...]",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=(
             "Bind each --listen address, then run COMMAND with the sockets on fds 3, 4, ... in "
             "the order given, and LISTEN_FDS, LISTEN_PID and LISTEN_FDNAMES set, as systemd "
-            "socket activation does. fdpass execs COMMAND in its own process."
+            "socket activation does. Without --restart-on, fdpass execs COMMAND in its own "
+            "process. With --restart-on, fdpass stays as a supervisor that holds the sockets, "
+            "so a restart refuses no connection."
         ),
         epilog=(
             "ADDRESS forms:\n"
@@ -137,6 +139,26 @@ def add_parser(subcommands: argparse._SubParsersAction) -> None:  # type: ignore
         "--backlog", type=int, default=None, metavar="N",
         help="listen() backlog of each stream and seqpacket socket, in connections "
         f"(default: SOMAXCONN, {socket.SOMAXCONN} here, capped by net.core.somaxconn)",
+    )
+    run.add_argument(
+        "--restart-on", type=parse_signal, default=None, metavar="SIGNAL",
+        help="stay as a supervisor and start a new COMMAND on SIGNAL, such as HUP or USR2 "
+        "(default: none, so fdpass execs COMMAND and is gone)",
+    )
+    run.add_argument(
+        "--ready", type=_ready_mode, default="notify", metavar="notify|SECONDS",
+        help="with --restart-on, when a new COMMAND counts as ready, so the old one is stopped: "
+        "'notify' waits for READY=1 on the NOTIFY_SOCKET that fdpass sets; a number of seconds "
+        "waits that long and checks that COMMAND still runs (default: notify)",
+    )
+    run.add_argument(
+        "--ready-timeout", type=_positive_seconds, default=60.0, metavar="SECONDS",
+        help="with --ready notify, seconds to wait for READY=1 before the restart is given up "
+        "and the new COMMAND is stopped; the old one keeps serving (default: 60)",
+    )
+    run.add_argument(
+        "--stop-timeout", type=_positive_seconds, default=30.0, metavar="SECONDS",
+        help="seconds between SIGTERM and SIGKILL when fdpass stops a COMMAND (default: 30)",
     )
     run.add_argument(
         "command", nargs=argparse.REMAINDER, metavar="COMMAND [ARGS...]",
@@ -249,9 +271,22 @@ def main(args: argparse.Namespace) -> int:
         executable = find_executable(command[0])
         if args.backlog is not None and args.backlog < 0:
             raise RunError(f"--backlog {args.backlog}: expected 0 or more connections", EXIT_USAGE)
-        bind_all(args.listen, args.backlog)
+        listeners = bind_all(args.listen, args.backlog)
 
-        return _exec(command, executable)
+        if args.restart_on is None:
+            return _exec(command, executable)
+
+        from fdpass import supervisor
+
+        return supervisor.Supervisor(
+            command,
+            executable,
+            listeners,
+            restart_signal=args.restart_on,
+            ready=args.ready,
+            ready_timeout=args.ready_timeout,
+            stop_timeout=args.stop_timeout,
+        ).run()
     except RunError as error:
         print(f"fdpass run: error: {error}", file=sys.stderr)
         return error.exit_code

@@ -226,3 +226,25 @@ def module_children() -> Iterator[ChildProcesses]:
         yield processes
     finally:
         processes.end_all()
+
+
+@pytest.fixture
+def seen_groups() -> Iterator[set[int]]:
+    """Process groups that a test's servers reported; each gets SIGKILL at teardown.
+
+    Servers started through ``fdpass run --restart-on`` lead process groups
+    that the test did not create itself, so the test collects their PGIDs
+    from the servers' answers and this fixture ends them. It never signals
+    the test's own group or init's.
+    """
+    groups: set[int] = set()
+    try:
+        yield groups
+    finally:
+        own = os.getpgid(0)
+        for pgid in groups:
+            if pgid > 1 and pgid != own:
+                try:
+                    os.killpg(pgid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
