@@ -264,6 +264,26 @@ def _exec(command: list[str], executable: str) -> int:
     raise AssertionError("reexec returned without raising")
 
 
+def _supervise(
+    args: argparse.Namespace, command: list[str], executable: str, listeners: list[tuple[str, socket.socket]]
+) -> int:
+    from fdpass import supervisor
+
+    try:
+        return supervisor.Supervisor(
+            command,
+            executable,
+            listeners,
+            restart_signal=args.restart_on,
+            ready=args.ready,
+            ready_timeout=args.ready_timeout,
+            stop_timeout=args.stop_timeout,
+        ).run()
+    except OSError as error:
+        code = EXIT_NOT_FOUND if error.errno == errno_module.ENOENT else EXIT_CANNOT_EXECUTE
+        raise RunError(f"cannot start {executable!r}: {error.strerror}", code) from None
+
+
 def main(args: argparse.Namespace) -> int:
     """Run ``fdpass run`` with parsed arguments and return the exit code."""
     try:
@@ -276,17 +296,7 @@ def main(args: argparse.Namespace) -> int:
         if args.restart_on is None:
             return _exec(command, executable)
 
-        from fdpass import supervisor
-
-        return supervisor.Supervisor(
-            command,
-            executable,
-            listeners,
-            restart_signal=args.restart_on,
-            ready=args.ready,
-            ready_timeout=args.ready_timeout,
-            stop_timeout=args.stop_timeout,
-        ).run()
+        return _supervise(args, command, executable, listeners)
     except RunError as error:
         print(f"fdpass run: error: {error}", file=sys.stderr)
         return error.exit_code
