@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import threading
@@ -218,3 +219,32 @@ def test_listener_keeps_accept_queue(children):
     assert second["pid"] == child.pid
     for client_id in range(early_clients + late_clients):
         assert replies.get(client_id) == f"client-{client_id} {child.pid}", client_id
+
+
+#: id -> (fd -> marker of the pipe placed there, order passed to reexec(), fds left open but not passed)
+PERMUTATIONS = {
+    "identity": ({3: "a", 4: "b", 5: "c"}, [3, 4, 5], []),
+    "swap": ({3: "a", 4: "b"}, [4, 3], []),
+    "cycle": ({3: "a", 4: "b", 5: "c"}, [4, 5, 3], []),
+    "descending high fds": ({7: "a", 8: "b", 9: "c", 10: "d"}, [10, 9, 8, 7], []),
+    "mixed": ({3: "a", 5: "b", 20: "c"}, [5, 20, 3], []),
+    "targets held by unpassed fds": ({7: "a", 8: "b"}, [8, 7], [3, 4, 5]),
+    "one of many": ({3: "a", 4: "b", 5: "c", 6: "d"}, [6], []),
+    "from stdin": ({0: "a", 6: "b"}, [6, 0], []),
+}
+
+
+@pytest.mark.parametrize("case", list(PERMUTATIONS))
+def test_fds_land_in_passed_order(children, case):
+    """Each passed fd arrives on 3 + its index, whatever numbers it had, and nothing else stays open."""
+    placements, order, unpassed = PERMUTATIONS[case]
+    spec = {"placements": placements, "order": order, "unpassed": unpassed}
+
+    child = children.helper("permute_fds.py", json.dumps(spec))
+    report = child.read_json()
+    status, _, stderr = child.finish()
+
+    assert status == 0, stderr
+    assert report["landed"] == [[3 + index, placements[fd]] for index, fd in enumerate(order)]
+    assert report["open_fds"] == [0, 1, 2, *range(3, 3 + len(order))]
+    assert report["stdin"] == "/dev/null"
