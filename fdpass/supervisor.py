@@ -258,7 +258,9 @@ class Supervisor:
             return
 
         log.info("restart requested by %s", self.restart_signal.name)
-        self._manager_notify.send("RELOADING=1\nSTATUS=Starting a new child")
+        # systemd 253 and later match RELOADING=1 to the reload by MONOTONIC_USEC.
+        monotonic_usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        self._manager_notify.send(f"RELOADING=1\nMONOTONIC_USEC={monotonic_usec}\nSTATUS=Starting a new child")
         try:
             self.pending = self._spawn()
         except OSError as error:
