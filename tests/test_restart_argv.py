@@ -40,7 +40,7 @@ def run_loop(children, argv, restarts, **options):
     return child, reports
 
 
-@pytest.mark.parametrize("mode", ["script", "relative script", "module", "launcher"])
+@pytest.mark.parametrize("mode", ["script", "relative script", "module", "launcher", "command", "interpreter options"])
 def test_argv_kept_over_restarts(children, tmp_path, mode):
     """Three restarts, each after a chdir, keep sys.argv and the way the program was started."""
     elsewhere = tmp_path / "elsewhere"
@@ -52,9 +52,15 @@ def test_argv_kept_over_restarts(children, tmp_path, mode):
         argv, cwd = [sys.executable, os.path.join("helpers", "restart_loop.py"), *ARGS], HELPERS.parent
     elif mode == "module":
         argv, cwd = [sys.executable, "-m", "restartpkg", *ARGS], HELPERS
-    else:
+    elif mode == "launcher":
         argv, cwd = [write_launcher(tmp_path), *ARGS], tmp_path
         env["PYTHONPATH"] = str(HELPERS)
+    elif mode == "command":
+        argv, cwd = [sys.executable, "-c", "from restartpkg.loop import main; main()", *ARGS], tmp_path
+        env["PYTHONPATH"] = str(HELPERS)
+    else:
+        options = ["-X", "utf8", "-W", "ignore", "-B"]
+        argv, cwd = [sys.executable, *options, str(HELPERS / "restart_loop.py"), *ARGS], tmp_path
 
     child, reports = run_loop(children, argv, 3, env=env, cwd=cwd)
 
@@ -64,7 +70,10 @@ def test_argv_kept_over_restarts(children, tmp_path, mode):
         run_cwd = cwd if number == 0 else elsewhere
         assert report["pid"] == child.pid, number
         assert report["argv"][1:] == ARGS, number
-        assert os.path.samefile(os.path.join(run_cwd, report["argv"][0]), first_script), number
+        if mode == "command":
+            assert report["argv"][0] == "-c", number
+        else:
+            assert os.path.samefile(os.path.join(run_cwd, report["argv"][0]), first_script), number
         assert report["restarts_left"] == 3 - number
     for report in reports[1:]:
         assert report["cwd"] == str(elsewhere)
@@ -73,6 +82,10 @@ def test_argv_kept_over_restarts(children, tmp_path, mode):
         assert all(report["orig_argv"][1:3] == ["-m", "restartpkg"] for report in reports)
     if mode == "launcher":
         assert all(report["argv"][0] == argv[0] for report in reports)
+    if mode in ("command", "interpreter options"):
+        options = argv[1:3] if mode == "command" else argv[1:6]
+        for report in reports:
+            assert report["orig_argv"][1 : 1 + len(options)] == options
 
 
 def test_fds_exact_after_five_restarts(children, tmp_path):
