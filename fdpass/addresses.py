@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import socket
 import stat
@@ -18,6 +19,8 @@ _SOCKET_TYPES: dict[int, str] = {
     socket.SOCK_DGRAM: "SOCK_DGRAM",
     socket.SOCK_SEQPACKET: "SOCK_SEQPACKET",
 }
+
+log = logging.getLogger("fdpass")
 
 # sizeof(sockaddr_un.sun_path) on Linux, including the terminating NUL of a path.
 _SUN_PATH_SIZE = 108
@@ -115,7 +118,8 @@ def matches_bound_address(sock: socket.socket, target: Target, listening: bool |
 
     try:
         bound = sock.getsockname()
-    except OSError:
+    except OSError as error:
+        log.debug("fd %d: getsockname() failed (%s), so it cannot match %r", sock.fileno(), error, target.original)
         return False
 
     if target.family == socket.AF_UNIX:
@@ -148,8 +152,11 @@ def _remove_stale_unix_socket(path: bytes, target: Target) -> None:
         probe.connect(path)
     except ConnectionRefusedError:
         os.unlink(path)
+        log.info("removed stale Unix socket %s: nothing accepts connections on it", os.fsdecode(path))
         return
-    except OSError:
+    except OSError as error:
+        # bind() reports the real problem, if there is one, with the address.
+        log.debug("cannot probe Unix socket %s (%s); binding anyway", os.fsdecode(path), error)
         return
     finally:
         probe.close()

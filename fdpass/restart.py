@@ -290,8 +290,9 @@ def flush_output() -> None:
             continue
         try:
             stream.flush()
-        except (OSError, ValueError):
-            pass
+        except (OSError, ValueError) as error:
+            # A closed or broken stream loses its buffered output; exec goes on.
+            log.debug("cannot flush %r before exec: %s", stream, error)
 
     manager_loggers = [logging.getLogger()] + [
         logger for logger in logging.Logger.manager.loggerDict.values() if isinstance(logger, logging.Logger)
@@ -300,8 +301,8 @@ def flush_output() -> None:
         for handler in logger.handlers:
             try:
                 handler.flush()
-            except (OSError, ValueError):
-                pass
+            except (OSError, ValueError) as error:
+                log.debug("cannot flush logging handler %r before exec: %s", handler, error)
 
 
 def _encode_environment(env: Mapping[str, str]) -> list[bytes]:

@@ -69,7 +69,8 @@ def _parent_pid(pid: int) -> int | None:
     try:
         with open(f"/proc/{pid}/stat", "rb") as stat_file:
             stat = stat_file.read()
-    except OSError:
+    except OSError as error:
+        log.debug("cannot read the parent of PID %d: %s", pid, error)
         return None
     # The command name in parentheses may contain spaces, so split after it.
     fields = stat[stat.rfind(b")") + 2:].split()
@@ -158,8 +159,9 @@ def list_children() -> list[int]:
         try:
             with open(path) as children_file:
                 pids.extend(int(pid) for pid in children_file.read().split())
-        except OSError:
-            continue
+        except OSError as error:
+            # The thread exited since glob() listed it, so it has no children to report.
+            log.debug("cannot read %s: %s", path, error)
     return pids
 
 
@@ -481,8 +483,10 @@ class Supervisor:
         # nothing that COMMAND started outlives `fdpass run`.
         for pid in list_children():
             log.warning("PID %d, left behind by a child, still runs; sending SIGKILL", pid)
-            with contextlib.suppress(ProcessLookupError):
+            try:
                 os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                log.debug("PID %d exited before SIGKILL reached it", pid)
         while True:
             try:
                 pid, status = os.waitpid(-1, 0)
