@@ -192,3 +192,19 @@ def test_bad_address_rejected(children, address, sock_type, error_type):
     first, _, _ = run_cases(children, [["bad", address, sock_type, None]])
 
     assert first["bad"]["error_type"] == error_type, first
+
+
+def test_listen_skips_accepted_connections(children, tmp_path):
+    """An inherited accepted connection shares its listener's address, but listen() returns the listener."""
+    child = children.helper("listen_prefers_listener.py", str(tmp_path))
+    report = child.read_json()
+    status, _, stderr = child.finish()
+
+    assert status == 0, stderr
+    assert report["tcp_is_listener"] is True
+    assert report["tcp_is_conn"] is False
+    assert report["unix_is_listener"] is True
+    assert report["unix_is_conn"] is False
+    assert report["udp_type"] == socket.SOCK_DGRAM
+    assert report["udp_port"] == report["port"]
+    assert report["udp_is_inherited"] is False
