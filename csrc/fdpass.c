@@ -47,6 +47,7 @@ struct exec_state {
     int stdio_opened[3];
     int stdio_saved[3];          /* F_DUPFD_CLOEXEC copy of an fd that /dev/null replaced on 0-2, or -1 */
     int stdio_flags[3];          /* the fd flags of 0, 1 and 2 before that */
+    int *fd_flags;               /* F_GETFD of each chosen fd, read while validating */
     int *cloexec_set;            /* fds >= first_unpassed that we marked FD_CLOEXEC */
     int ncloexec_set;
     int signals_changed;
@@ -62,20 +63,25 @@ static int fd_is_open(int fd)
 
 /*
  * Check that every fd is open and appears once. Changes nothing.
- * On failure, *bad_index is the index of the offending entry.
+ * On failure, *bad_index is the index of the offending entry. If flags is not
+ * NULL, flags[i] receives the F_GETFD result of fds[i].
  */
-static int validate_fds(const int *fds, int nfds, int *bad_index)
+static int validate_fds_flags(const int *fds, int nfds, int *bad_index, int *flags)
 {
     unsigned char *seen;
     int max_fd = -1;
     int i;
 
     for (i = 0; i < nfds; i++) {
-        if (fds[i] < 0 || fcntl(fds[i], F_GETFD) == -1) {
+        int fd_flags = fds[i] < 0 ? -1 : fcntl(fds[i], F_GETFD);
+
+        if (fd_flags == -1) {
             *bad_index = i;
             errno = EBADF;
             return -1;
         }
+        if (flags != NULL)
+            flags[i] = fd_flags;
         if (fds[i] > max_fd)
             max_fd = fds[i];
     }
@@ -100,6 +106,11 @@ static int validate_fds(const int *fds, int nfds, int *bad_index)
     free(seen);
 
     return 0;
+}
+
+static int validate_fds(const int *fds, int nfds, int *bad_index)
+{
+    return validate_fds_flags(fds, nfds, bad_index, NULL);
 }
 
 /* Open /dev/null on each of 0, 1 and 2 that is closed, so no passed fd lands there. */
@@ -200,7 +211,7 @@ static int replace_stdio_for_exec(struct exec_state *st, const int *fds)
  * so that a failed exec can put it back. A chosen fd that sits in some other
  * target slot is read from that copy, because the move overwrites the slot.
  */
-static int save_target_slots(struct exec_state *st, const int *fds)
+static int save_target_slots(struct exec_state *st, const int *fds, const int *fd_flags)
 {
     int k;
 
@@ -208,10 +219,16 @@ static int save_target_slots(struct exec_state *st, const int *fds)
         int slot = FIRST_PASSED_FD + k;
         struct slot_backup *backup = &st->slots[k];
 
-        backup->flags = fcntl(slot, F_GETFD);
         if (fds[k] == slot) {
+            /* validate_fds_flags() has read this fd's flags already. */
+            backup->flags = fd_flags[k];
             backup->saved = SLOT_IDENTITY;
-        } else if (backup->flags == -1) {
+            st->slots_saved = k + 1;
+            continue;
+        }
+
+        backup->flags = fcntl(slot, F_GETFD);
+        if (backup->flags == -1) {
             backup->saved = SLOT_WAS_CLOSED;
         } else {
             backup->saved = fcntl(slot, F_DUPFD_CLOEXEC, st->first_unpassed);
@@ -226,8 +243,8 @@ static int save_target_slots(struct exec_state *st, const int *fds)
 
 /*
  * Place fds[i] on 3 + i. dup2() creates the new fd with FD_CLOEXEC clear. A
- * slot that already contains its fd gets FD_CLOEXEC cleared with F_GETFD and
- * F_SETFD.
+ * slot that already contains its fd gets FD_CLOEXEC cleared with F_SETFD,
+ * unless it is clear already.
  */
 static int move_fds(struct exec_state *st, const int *fds)
 {
@@ -238,9 +255,9 @@ static int move_fds(struct exec_state *st, const int *fds)
         int source = fds[i];
 
         if (st->slots[i].saved == SLOT_IDENTITY) {
-            int flags = fcntl(slot, F_GETFD);
+            int flags = st->slots[i].flags;
 
-            if (flags == -1 || fcntl(slot, F_SETFD, flags & ~FD_CLOEXEC) == -1)
+            if ((flags & FD_CLOEXEC) && fcntl(slot, F_SETFD, flags & ~FD_CLOEXEC) == -1)
                 return -1;
             st->slots_moved = i + 1;
             continue;
@@ -288,17 +305,96 @@ static int set_cloexec_if_clear(struct exec_state *st, int fd, int *capacity)
     return 0;
 }
 
+#ifndef CLOSE_RANGE_CLOEXEC
+#define CLOSE_RANGE_CLOEXEC (1U << 2)  /* linux/close_range.h, Linux 5.11 */
+#endif
+
+/* close_range(first, last, CLOSE_RANGE_CLOEXEC): -1 with errno ENOSYS or EINVAL before Linux 5.11. */
+static int close_range_cloexec(unsigned int first, unsigned int last)
+{
+#ifdef SYS_close_range
+    return (int)syscall(SYS_close_range, first, last, CLOSE_RANGE_CLOEXEC);
+#else
+    (void)first;
+    (void)last;
+    errno = ENOSYS;
+    return -1;
+#endif
+}
+
+/* One record of getdents64(2). */
+struct linux_dirent64 {
+    unsigned long long d_ino;
+    long long d_off;
+    unsigned short d_reclen;
+    unsigned char d_type;
+    char d_name[];
+};
+
+/*
+ * Call set_cloexec_if_clear() on every open fd from first_unpassed up, as
+ * /proc/self/fd lists them. procfs puts fd N at directory offset N + 2, after
+ * "." and "..", so one lseek() skips the passed fds: with thousands passed, a
+ * full listing costs milliseconds. If the offset is rejected, the listing
+ * starts from the top. Returns -2 if /proc/self/fd cannot be opened.
+ */
+static int cloexec_unpassed_from_proc(struct exec_state *st, int *capacity)
+{
+    long long buffer[1024];  /* 8 KiB, aligned for struct linux_dirent64 */
+    int dir_fd = open("/proc/self/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    int saved_errno;
+
+    if (dir_fd < 0)
+        return -2;
+    if (lseek(dir_fd, (off_t)st->first_unpassed + 2, SEEK_SET) == -1 && lseek(dir_fd, 0, SEEK_SET) == -1)
+        goto fail;
+
+    for (;;) {
+        long length = syscall(SYS_getdents64, dir_fd, buffer, sizeof(buffer));
+        long offset;
+
+        if (length == -1)
+            goto fail;
+        if (length == 0)
+            break;
+
+        for (offset = 0; offset < length;) {
+            struct linux_dirent64 *entry = (struct linux_dirent64 *)((char *)buffer + offset);
+            char *end;
+            long fd = strtol(entry->d_name, &end, 10);
+
+            offset += entry->d_reclen;
+            if (*end != '\0' || end == entry->d_name || fd < st->first_unpassed || fd == dir_fd)
+                continue;
+            if (set_cloexec_if_clear(st, (int)fd, capacity) < 0)
+                goto fail;
+        }
+    }
+
+    close(dir_fd);
+    return 0;
+
+fail:
+    saved_errno = errno;
+    close(dir_fd);
+    errno = saved_errno;
+    return -1;
+}
+
 /*
  * Set FD_CLOEXEC on every fd from first_unpassed up, and record which ones
  * changed. /proc/self/fd lists the open fds; without /proc, every number below
- * RLIMIT_NOFILE is tried, which is slow but correct.
+ * RLIMIT_NOFILE is tried, which is slow but correct. Where close_range() has
+ * CLOSE_RANGE_CLOEXEC, one more call covers any fd the listing missed.
  */
 static int cloexec_unpassed_fds(struct exec_state *st)
 {
     int capacity = 0;
-    DIR *dir = opendir("/proc/self/fd");
+    int listed = cloexec_unpassed_from_proc(st, &capacity);
 
-    if (dir == NULL) {
+    if (listed == -1)
+        return -1;
+    if (listed == -2) {
         struct rlimit limit;
         long fd;
 
@@ -308,37 +404,11 @@ static int cloexec_unpassed_fds(struct exec_state *st)
             if (set_cloexec_if_clear(st, (int)fd, &capacity) < 0)
                 return -1;
         }
-        return 0;
     }
 
-    for (;;) {
-        struct dirent *entry;
-        char *end;
-        long fd;
-
-        errno = 0;
-        entry = readdir(dir);
-        if (entry == NULL)
-            break;
-        fd = strtol(entry->d_name, &end, 10);
-        if (*end != '\0' || end == entry->d_name || fd < st->first_unpassed || fd == dirfd(dir))
-            continue;
-        if (set_cloexec_if_clear(st, (int)fd, &capacity) < 0) {
-            int saved_errno = errno;
-
-            closedir(dir);
-            errno = saved_errno;
-            return -1;
-        }
-    }
-    if (errno != 0) {
-        int saved_errno = errno;
-
-        closedir(dir);
-        errno = saved_errno;
+    /* NOTE: an fd that this misses and the listing did not record keeps FD_CLOEXEC if execve fails. */
+    if (close_range_cloexec((unsigned int)st->first_unpassed, ~0U) == -1 && errno != ENOSYS && errno != EINVAL)
         return -1;
-    }
-    closedir(dir);
 
     return 0;
 }
@@ -424,6 +494,7 @@ static void rollback(struct exec_state *st)
             close(i);
     }
 
+    free(st->fd_flags);
     free(st->slots);
     free(st->cloexec_set);
     errno = saved_errno;
@@ -454,19 +525,26 @@ int fdpass_exec(const char *path, char *const argv[], char *const envp[],
         errno = EINVAL;
         return -1;
     }
-    if (validate_fds(fds, nfds, bad_index) < 0)
-        return -1;
 
     memset(&st, 0, sizeof(st));
     st.stdio_saved[0] = st.stdio_saved[1] = st.stdio_saved[2] = -1;
     st.nfds = nfds;
     st.first_unpassed = FIRST_PASSED_FD + nfds;
     st.slots = calloc((size_t)nfds + 1, sizeof(*st.slots));
-    if (st.slots == NULL)
+    st.fd_flags = calloc((size_t)nfds + 1, sizeof(*st.fd_flags));
+    if (st.slots == NULL || st.fd_flags == NULL) {
+        free(st.slots);
+        free(st.fd_flags);
+        errno = ENOMEM;
         return -1;
+    }
+    if (validate_fds_flags(fds, nfds, bad_index, st.fd_flags) < 0) {
+        rollback(&st);
+        return -1;
+    }
 
     if (open_missing_stdio(&st) < 0 ||
-        save_target_slots(&st, fds) < 0 ||
+        save_target_slots(&st, fds, st.fd_flags) < 0 ||
         move_fds(&st, fds) < 0 ||
         replace_stdio_for_exec(&st, fds) < 0 ||
         cloexec_unpassed_fds(&st) < 0 ||
@@ -531,6 +609,40 @@ int fdpass_inspect(const int *fds, int nfds, struct fdpass_fdinfo *out)
 }
 
 /*
+ * Fill only fd, error, fd_flags and status_flags of out[i], with F_GETFD and
+ * F_GETFL, for a caller that knows the rest, and set mode, family, type and
+ * protocol to -1. Neither call reads the socket itself, so this costs a
+ * fraction of fdpass_inspect() per fd. A closed fd gets out[i].error = EBADF;
+ * the call still succeeds. Changes nothing. Async-signal-safe.
+ */
+int fdpass_inspect_flags(const int *fds, int nfds, struct fdpass_fdinfo *out)
+{
+    int i;
+
+    if (nfds < 0 || (nfds > 0 && (fds == NULL || out == NULL))) {
+        errno = EINVAL;
+        return -1;
+    }
+
+    for (i = 0; i < nfds; i++) {
+        struct fdpass_fdinfo *info = &out[i];
+
+        info->fd = fds[i];
+        info->error = 0;
+        info->mode = (unsigned int)-1;
+        info->family = info->type = info->protocol = -1;
+        info->listening = 0;
+
+        info->fd_flags = fds[i] < 0 ? -1 : fcntl(fds[i], F_GETFD);
+        info->status_flags = info->fd_flags == -1 ? -1 : fcntl(fds[i], F_GETFL);
+        if (info->fd_flags == -1 || info->status_flags == -1)
+            info->error = fds[i] < 0 ? EBADF : errno;
+    }
+
+    return 0;
+}
+
+/*
  * Set (cloexec != 0) or clear FD_CLOEXEC on each fd with F_GETFD/F_SETFD.
  * Stops at the first failure, with the earlier fds already changed, so
  * callers check the fds first. Async-signal-safe.
@@ -551,6 +663,37 @@ int fdpass_set_cloexec(const int *fds, int nfds, int cloexec)
             return -1;
         flags = cloexec ? (flags | FD_CLOEXEC) : (flags & ~FD_CLOEXEC);
         if (fcntl(fds[i], F_SETFD, flags) == -1)
+            return -1;
+    }
+
+    return 0;
+}
+
+/*
+ * Set FD_CLOEXEC on first_fd .. first_fd + nfds - 1, which must all be open.
+ * One close_range() call does it where the kernel has CLOSE_RANGE_CLOEXEC
+ * (Linux 5.11); elsewhere each fd gets F_GETFD and F_SETFD, and a failure
+ * leaves the earlier fds changed. Async-signal-safe.
+ */
+int fdpass_set_cloexec_range(int first_fd, int nfds)
+{
+    int fd;
+
+    if (first_fd < 0 || nfds < 0 || nfds > INT_MAX - first_fd) {
+        errno = EINVAL;
+        return -1;
+    }
+    if (nfds == 0)
+        return 0;
+    if (close_range_cloexec((unsigned int)first_fd, (unsigned int)(first_fd + nfds - 1)) == 0)
+        return 0;
+    if (errno != ENOSYS && errno != EINVAL)
+        return -1;
+
+    for (fd = first_fd; fd < first_fd + nfds; fd++) {
+        int flags = fcntl(fd, F_GETFD);
+
+        if (flags == -1 || fcntl(fd, F_SETFD, flags | FD_CLOEXEC) == -1)
             return -1;
     }
 

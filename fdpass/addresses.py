@@ -7,12 +7,12 @@ import logging
 import os
 import socket
 import stat
-from dataclasses import dataclass
-from typing import Union
+
+from fdpass._record import Frozen
 
 #: An address listen() accepts: (host, port), a Unix socket path, or a
 #: NUL-prefixed abstract Unix name.
-Address = Union[tuple[str, int], tuple[str, int, int, int], str, bytes, "os.PathLike[str]"]
+Address = tuple[str, int] | tuple[str, int, int, int] | str | bytes | os.PathLike[str]
 
 _SOCKET_TYPES: dict[int, str] = {
     socket.SOCK_STREAM: "SOCK_STREAM",
@@ -26,14 +26,23 @@ log = logging.getLogger("fdpass")
 _SUN_PATH_SIZE = 108
 
 
-@dataclass(frozen=True)
-class Target:
+class Target(Frozen):
     """A resolved listen() address: family, type and the sockaddr to bind."""
+
+    FIELDS = ("original", "family", "type", "sockaddr")
+    __slots__ = FIELDS
 
     original: object
     family: int
     type: int
     sockaddr: tuple[object, ...] | bytes
+
+    def __init__(self, original: object, family: int, type: int, sockaddr: tuple[object, ...] | bytes) -> None:
+        store = object.__setattr__
+        store(self, "original", original)
+        store(self, "family", family)
+        store(self, "type", type)
+        store(self, "sockaddr", sockaddr)
 
     @property
     def any_port(self) -> bool:

@@ -12,18 +12,26 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass, field
+
+from fdpass._record import Frozen
 
 _PYTHONPATH = "PYTHONPATH"
 
 
-@dataclass(frozen=True)
-class StartCommand:
+class StartCommand(Frozen):
     """The executable, argv and extra environment that re-run this program."""
+
+    FIELDS = ("executable", "argv", "env_updates")
+    __slots__ = FIELDS
 
     executable: str
     argv: list[str]
-    env_updates: dict[str, str] = field(default_factory=dict)
+    env_updates: dict[str, str]
+
+    def __init__(self, executable: str, argv: list[str], env_updates: dict[str, str] | None = None) -> None:
+        object.__setattr__(self, "executable", executable)
+        object.__setattr__(self, "argv", argv)
+        object.__setattr__(self, "env_updates", {} if env_updates is None else env_updates)
 
 
 def _main_module_file() -> str | None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping, MutableMapping
-from dataclasses import dataclass
 
 LISTEN_FDS = "LISTEN_FDS"
 LISTEN_PID = "LISTEN_PID"
@@ -40,12 +39,36 @@ MAX_NAME_LENGTH = 255
 MAX_FDS = 1 << 20
 
 
-@dataclass(frozen=True)
 class ListenEnv:
-    """The decoded LISTEN_* variables: the passed fds in order, with their names."""
+    """The decoded LISTEN_* variables: the passed fds in order, with their names.
+
+    Immutable, and equal to another ListenEnv with the same fds and names.
+    """
+
+    # A plain class and not a dataclass: importing dataclasses costs about
+    # 10 ms, which every restart would pay.
+    __slots__ = ("fds", "names")
 
     fds: tuple[int, ...]
     names: tuple[str, ...]
+
+    def __init__(self, fds: tuple[int, ...], names: tuple[str, ...]) -> None:
+        object.__setattr__(self, "fds", fds)
+        object.__setattr__(self, "names", names)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"cannot assign to field {name!r}: ListenEnv is immutable")
+
+    def __repr__(self) -> str:
+        return f"ListenEnv(fds={self.fds!r}, names={self.names!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ListenEnv):
+            return NotImplemented
+        return (self.fds, self.names) == (other.fds, other.names)
+
+    def __hash__(self) -> int:
+        return hash((self.fds, self.names))
 
 
 def validate_name(name: object) -> str:
@@ -59,6 +82,9 @@ def validate_name(name: object) -> str:
     if not isinstance(name, str):
         raise TypeError(f"fd name must be a str, not {type(name).__name__}: {name!r}")
 
+    # Over ASCII, str.isprintable() accepts exactly " " to "~".
+    if len(name) <= MAX_NAME_LENGTH and name.isascii() and name.isprintable() and ":" not in name:
+        return name
     if len(name) > MAX_NAME_LENGTH:
         raise ValueError(
             f"fd name {name[:40]!r}... is {len(name)} characters long; "
@@ -81,7 +107,11 @@ def encode(names: Iterable[str], pid: int) -> dict[str, str]:
     The fds themselves must already sit on 3, 4, ... in the order of names.
     Each name is checked with validate_name().
     """
-    checked = [validate_name(name) for name in names]
+    checked = list(names)
+    # Check each distinct name once: thousands of fds usually share a few names.
+    distinct = dict.fromkeys(checked) if all(type(name) is str for name in checked) else checked
+    for name in distinct:
+        validate_name(name)
     if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
         raise ValueError(f"LISTEN_PID must be a positive process ID, not {pid!r}")
 

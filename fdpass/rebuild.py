@@ -3,21 +3,33 @@
 A socket becomes a socket.socket built from SO_DOMAIN, SO_TYPE and
 SO_PROTOCOL. Any other fd becomes a binary file object opened with the fd's
 own access mode. The kernel facts come from one batched C call
-(fdpass._native.inspect), so nothing here issues a system call per fd.
+(fdpass._native.inspect or inspect_columns), so nothing here issues a system
+call per fd other than the constructors' own.
 """
 
 from __future__ import annotations
 
+import _socket
+import itertools
 import os
 import socket
 import stat
-from dataclasses import dataclass
-from typing import IO
 
-from fdpass._native import FdInfo
+from fdpass._native import FDINFO_FIELDS, FdInfo
+from fdpass._record import Frozen
 
-#: The object rebuild() returns for one fd.
-FdObject = socket.socket | IO[bytes] | int
+# typing costs milliseconds to import, and mypy reads this name as typing's.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+    from typing import IO
+
+    #: The object rebuild() returns for one fd.
+    FdObject = socket.socket | IO[bytes] | int
+
+# The raw int member under socket.socket's family property, which builds an
+# enum per call.
+_RAW_FAMILY = _socket.socket.__dict__["family"]
 
 KIND_SOCKET = "socket"
 KIND_FIFO = "fifo"
@@ -37,17 +49,38 @@ _KIND_BY_MODE = {
 }
 
 
-@dataclass(frozen=True)
-class Description:
+class Description(Frozen):
     """An adopted fd: its number, name, kind and, for a socket, its address family."""
+
+    FIELDS = ("fd", "name", "kind", "family", "type", "protocol", "listening")
+    __slots__ = FIELDS
 
     fd: int
     name: str
     kind: str
-    family: int = -1
-    type: int = -1
-    protocol: int = -1
-    listening: bool = False
+    family: int
+    type: int
+    protocol: int
+    listening: bool
+
+    def __init__(
+        self,
+        fd: int,
+        name: str,
+        kind: str,
+        family: int = -1,
+        type: int = -1,
+        protocol: int = -1,
+        listening: bool = False,
+    ) -> None:
+        store = object.__setattr__
+        store(self, "fd", fd)
+        store(self, "name", name)
+        store(self, "kind", kind)
+        store(self, "family", family)
+        store(self, "type", type)
+        store(self, "protocol", protocol)
+        store(self, "listening", listening)
 
 
 def kind_of(info: FdInfo) -> str:
@@ -107,3 +140,77 @@ def rebuild(info: FdInfo) -> FdObject:
     buffering = -1 if kind == KIND_FILE else 0
     stream: IO[bytes] = open(info.fd, mode, buffering=buffering, closefd=True)
     return stream
+
+
+def describe_columns(columns: Mapping[str, list[int]], names: Sequence[str]) -> tuple[Description, ...]:
+    """Return the Description of every fd in fdpass._native.inspect_columns() output.
+
+    names[i] is the name of column i.
+    """
+    return tuple(
+        Description(fd, name, _KIND_BY_MODE.get(mode, KIND_OTHER), family, sock_type, protocol, bool(listening))
+        for fd, name, mode, family, sock_type, protocol, listening in zip(
+            columns["fd"], names, columns["mode"], columns["family"], columns["type"], columns["protocol"],
+            columns["listening"], strict=True,
+        )
+    )
+
+
+def rebuild_columns(columns: Mapping[str, list[int]]) -> list[FdObject]:
+    """Return rebuild() of every fd in fdpass._native.inspect_columns() output, in order.
+
+    When every fd is a socket, which is the usual case, one map() over the
+    columns builds them all, with no Python code run per fd.
+    """
+    modes = columns["mode"]
+
+    if modes.count(stat.S_IFSOCK) == len(modes):
+        nonblocking = socket.SOCK_NONBLOCK
+        types = [
+            sock_type | nonblocking if status_flags & os.O_NONBLOCK else sock_type
+            for sock_type, status_flags in zip(columns["type"], columns["status_flags"], strict=True)
+        ]
+        # NOTE: as in rebuild(), socket.setdefaulttimeout() makes CPython set O_NONBLOCK.
+        return list(map(socket.socket, columns["family"], types, columns["protocol"], columns["fd"]))
+
+    return [
+        rebuild(FdInfo(fd, error, fd_flags, status_flags, mode, family, sock_type, protocol, bool(listening)))
+        for fd, error, fd_flags, status_flags, mode, family, sock_type, protocol, listening in zip(
+            *(columns[name] for name in FDINFO_FIELDS), strict=True
+        )
+    ]
+
+
+def rebuild_sockets(
+    fds: Sequence[int], families: Sequence[int], types: Sequence[int], protocols: Sequence[int],
+    status_flags: Sequence[int],
+) -> list[socket.socket]:
+    """Return a socket.socket for each fd, built from the type and protocol given for it.
+
+    O_NONBLOCK in status_flags[i] gives a non-blocking socket, as in rebuild().
+    The constructor reads each fd's family with getsockname(), which it calls
+    anyway, and that family must equal families[i]. The type and protocol are
+    taken as given, which saves two system calls per fd.
+
+    Raises:
+        OSError: an fd is not a socket.
+        ValueError: an fd's family differs from families[i].
+        In both cases every socket built is detached, so no fd is closed.
+    """
+    nonblocking = socket.SOCK_NONBLOCK
+    types = [
+        sock_type | nonblocking if flags & os.O_NONBLOCK else sock_type
+        for sock_type, flags in zip(types, status_flags, strict=True)
+    ]
+
+    built: list[socket.socket] = []
+    try:
+        # list.extend() keeps what map() built before a failure, so it can be detached.
+        built.extend(map(socket.socket, itertools.repeat(-1), types, protocols, fds))
+        if list(map(_RAW_FAMILY.__get__, built)) != list(families):
+            raise ValueError("a passed socket's family differs from the family given for it")
+    except (OSError, ValueError):
+        for sock in built:
+            sock.detach()
+        raise
+    return built

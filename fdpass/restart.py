@@ -8,33 +8,36 @@ into socket and file objects.
 
 from __future__ import annotations
 
+import _thread
 import errno as errno_module
 import fcntl
-import logging
 import os
-import shutil
 import socket
+import stat
 import sys
-import threading
 from collections.abc import Iterator, Mapping, Sequence
-from typing import NoReturn, Protocol
 
-from fdpass import _native, command, protocol, rebuild
-from fdpass.addresses import Address, bind_new_socket, matches_bound_address, resolve
+from fdpass import _log, _native, _socket_env, command, protocol, rebuild
+from fdpass.addresses import bind_new_socket, matches_bound_address, resolve
 
-log = logging.getLogger("fdpass")
+# typing and logging cost milliseconds to import, which every restart would
+# pay, so neither is imported at run time. mypy reads this name as typing's.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import NoReturn, Protocol
+
+    from fdpass.addresses import Address
+
+    class HasFileno(Protocol):
+        def fileno(self) -> int: ...
+
+    #: Anything reexec() accepts as one fd: an int, a socket, a file object, or
+    #: any object with fileno().
+    FdLike = int | HasFileno
 
 
-class HasFileno(Protocol):
-    def fileno(self) -> int: ...
-
-
-#: Anything reexec() accepts as one fd: an int, a socket, a file object, or
-#: any object with fileno().
-FdLike = int | HasFileno
-
-
-class Inherited(Mapping[str, rebuild.FdObject]):
+class Inherited(Mapping[str, "rebuild.FdObject"]):
     """The fds passed to this process, in fd order, keyed by their names.
 
     ``result[name]`` returns the first fd with that name and
@@ -42,11 +45,23 @@ class Inherited(Mapping[str, rebuild.FdObject]):
     distinct name once. ``descriptions`` lists the kind of each fd.
     """
 
-    def __init__(self, entries: Sequence[tuple[rebuild.Description, rebuild.FdObject]]) -> None:
-        self._entries = tuple(entries)
+    def __init__(
+        self,
+        names: Sequence[str],
+        objects: Sequence[rebuild.FdObject],
+        describe: Callable[[], tuple[rebuild.Description, ...]],
+    ) -> None:
+        """Store objects[i] under names[i]. describe() returns the descriptions on first use."""
+        self._names = tuple(names)
+        self._objects = tuple(objects)
+        self._describe = describe
+        self._descriptions: tuple[rebuild.Description, ...] | None = None
         self._by_name: dict[str, list[rebuild.FdObject]] = {}
-        for description, obj in self._entries:
-            self._by_name.setdefault(description.name, []).append(obj)
+        if self._names and self._names.count(self._names[0]) == len(self._names):
+            self._by_name[self._names[0]] = list(self._objects)
+        else:
+            for name, obj in zip(self._names, self._objects, strict=True):
+                self._by_name.setdefault(name, []).append(obj)
 
     def __getitem__(self, name: str) -> rebuild.FdObject:
         return self._by_name[name][0]
@@ -58,7 +73,7 @@ class Inherited(Mapping[str, rebuild.FdObject]):
         return len(self._by_name)
 
     def __repr__(self) -> str:
-        shown = ", ".join(f"{d.name!r}: fd {d.fd} ({d.kind})" for d, _ in self._entries)
+        shown = ", ".join(f"{d.name!r}: fd {d.fd} ({d.kind})" for d in self.descriptions)
         return f"<fdpass.Inherited {{{shown}}}>"
 
     def getall(self, name: str) -> list[rebuild.FdObject]:
@@ -68,15 +83,19 @@ class Inherited(Mapping[str, rebuild.FdObject]):
     @property
     def objects(self) -> tuple[rebuild.FdObject, ...]:
         """Every rebuilt object, in fd order."""
-        return tuple(obj for _, obj in self._entries)
+        return self._objects
 
     @property
     def descriptions(self) -> tuple[rebuild.Description, ...]:
         """The fd number, name and kind of every passed fd, in fd order."""
-        return tuple(description for description, _ in self._entries)
+        # Built on first use: with thousands of fds, building them in
+        # inherit() would add microseconds per fd to every restart.
+        if self._descriptions is None:
+            self._descriptions = self._describe()
+        return self._descriptions
 
 
-_lock = threading.RLock()
+_lock = _thread.RLock()
 _inherited: Inherited | None = None
 _inherit_error: ValueError | None = None
 # id(object) -> name, for every inherited object, so that passing it on keeps its name.
@@ -117,48 +136,102 @@ def inherit() -> Inherited:
             result = _adopt(listen_env)
         except ValueError as error:
             _inherit_error = error
-            log.warning("adopted no fds: %s", error)
+            _log.warning("adopted no fds: %s", error)
             raise
         finally:
             protocol.clear(os.environ)
+            os.environ.pop(_socket_env.VARIABLE, None)
 
         _inherited = result
         return result
 
 
-def _adopt(listen_env: protocol.ListenEnv) -> Inherited:
-    infos = _native.inspect(listen_env.fds)
-    count = len(listen_env.fds)
+def _check_adoptable(columns: dict[str, list[int]], names: Sequence[str]) -> None:
+    """Raise ValueError for the first fd that is not open or has FD_CLOEXEC set."""
+    count = len(names)
+    # F_GETFD reports no flag other than FD_CLOEXEC, so these two C-level
+    # scans find every bad fd without Python code per fd.
+    if not any(columns["error"]) and fcntl.FD_CLOEXEC not in columns["fd_flags"]:
+        return
 
-    for info, name in zip(infos, listen_env.names, strict=True):
-        if info.error:
+    for fd, error, fd_flags, name in zip(columns["fd"], columns["error"], columns["fd_flags"], names, strict=True):
+        if error:
             raise ValueError(
-                f"LISTEN_FDS={count} declares fd {info.fd} (name {name!r}), but fd {info.fd} "
-                f"is not usable: {os.strerror(info.error)}. The process that started this one "
+                f"LISTEN_FDS={count} declares fd {fd} (name {name!r}), but fd {fd} "
+                f"is not usable: {os.strerror(error)}. The process that started this one "
                 "passed fewer fds than it declared."
             )
-        if info.fd_flags & fcntl.FD_CLOEXEC:
+        if fd_flags & fcntl.FD_CLOEXEC:
             raise ValueError(
-                f"LISTEN_FDS={count} declares fd {info.fd} (name {name!r}), but fd {info.fd} has "
+                f"LISTEN_FDS={count} declares fd {fd} (name {name!r}), but fd {fd} has "
                 "FD_CLOEXEC set, so this process opened it after exec and it was not passed. "
                 "The process that started this one passed fewer fds than it declared."
             )
 
-    _native.set_cloexec(listen_env.fds, True)
 
-    entries = []
-    for info, name in zip(infos, listen_env.names, strict=True):
-        obj = rebuild.rebuild(info)
-        entries.append((rebuild.describe(info, name), obj))
-        _inherited_names[id(obj)] = name
+def _set_cloexec(fds: Sequence[int]) -> None:
+    # protocol.decode() returns consecutive fds, so one close_range() call
+    # can set FD_CLOEXEC on all of them.
+    if fds and tuple(fds) == tuple(range(fds[0], fds[0] + len(fds))):
+        _native.set_cloexec_range(fds[0], len(fds))
+    else:
+        _native.set_cloexec(fds, True)
 
-    if entries:
-        log.info(
-            "adopted %d fds: %s",
-            len(entries),
-            ", ".join(f"{d.fd}={d.name!r} ({d.kind})" for d, _ in entries),
-        )
-    return Inherited(entries)
+
+def _adopt_described_sockets(
+    fds: Sequence[int], names: Sequence[str], specs: tuple[list[int], list[int], list[int]]
+) -> tuple[list[rebuild.FdObject], Callable[[], tuple[rebuild.Description, ...]]] | None:
+    """Adopt sockets whose family, type and protocol FDPASS_SOCKETS gives; None if that does not match.
+
+    The kernel is asked only for the fd flags and status flags of each fd,
+    and the socket constructor for its family. None means an fd is not a
+    socket or has another family, and nothing was adopted.
+    """
+    families, types, protocols = specs
+    columns = _native.inspect_columns(fds, flags_only=True)
+
+    _check_adoptable(columns, names)
+    try:
+        sockets = rebuild.rebuild_sockets(fds, families, types, protocols, columns["status_flags"])
+    except (OSError, ValueError) as error:
+        _log.debug("%s does not match the passed fds (%s); asking the kernel", _socket_env.VARIABLE, error)
+        return None
+    _set_cloexec(fds)
+
+    def describe() -> tuple[rebuild.Description, ...]:
+        # SO_ACCEPTCONN is read now, from the sockets that are still open.
+        live = _native.inspect_columns([sock.fileno() for sock in sockets])
+        listening = [flag if not error else 0 for flag, error in zip(live["listening"], live["error"], strict=True)]
+        described = {
+            "fd": list(fds), "mode": [stat.S_IFSOCK] * len(fds), "family": families, "type": types,
+            "protocol": protocols, "listening": listening,
+        }
+        return rebuild.describe_columns(described, names)
+
+    return list(sockets), describe
+
+
+def _adopt(listen_env: protocol.ListenEnv) -> Inherited:
+    fds, names = listen_env.fds, listen_env.names
+    specs = _socket_env.decode(os.environ, os.getpid(), len(fds))
+    adopted = _adopt_described_sockets(fds, names, specs) if specs is not None else None
+
+    if adopted is not None:
+        objects, describe = adopted
+    else:
+        columns = _native.inspect_columns(fds)
+        _check_adoptable(columns, names)
+        _set_cloexec(fds)
+        objects = rebuild.rebuild_columns(columns)
+
+        def describe() -> tuple[rebuild.Description, ...]:
+            return rebuild.describe_columns(columns, names)
+
+    _inherited_names.update(zip(map(id, objects), names, strict=True))
+
+    if objects and _log.enabled(_log.INFO):
+        _log.info("adopted %d fds: %s", len(objects), ", ".join(f"{d.fd}={d.name!r} ({d.kind})" for d in describe()))
+    return Inherited(names, objects, describe)
 
 
 def listen(
@@ -205,12 +278,12 @@ def listen(
         for description, obj in zip(inherited.descriptions, inherited.objects, strict=True):
             if isinstance(obj, socket.socket) and matches_bound_address(obj, target, description.listening):
                 _listeners.append((obj, name or description.name))
-                log.debug("listen(%r) reuses inherited fd %d", address, description.fd)
+                _log.debug("listen(%r) reuses inherited fd %d", address, description.fd)
                 return obj
 
         sock = bind_new_socket(target, backlog)
         _listeners.append((sock, name or protocol.DEFAULT_NAME))
-        log.debug("listen(%r) bound new fd %d", address, sock.fileno())
+        _log.debug("listen(%r) bound new fd %d", address, sock.fileno())
         return sock
 
 
@@ -231,10 +304,27 @@ def _describe_item(fds: object, key: object, item: object) -> str:
     return f"fds[{key}] ({item!r})"
 
 
+def _item_labels(fds: Sequence[FdLike] | Mapping[str, FdLike]) -> Callable[[int], str]:
+    """Return a function from an index into fds to the label errors use for that item.
+
+    Labels are built only for an error: repr() of a socket calls getsockname()
+    and getpeername(), which would cost two system calls per passed fd.
+    """
+
+    def label(index: int) -> str:
+        if isinstance(fds, Mapping):
+            key, item = list(fds.items())[index]
+            return _describe_item(fds, key, item)
+        return _describe_item(fds, index, list(fds)[index])
+
+    return label
+
+
 _INT_MAX = 2**31 - 1
 
 
 def _fd_number(item: object, label: str) -> int:
+    """Return the fd of item; label names item in the error for a bad one."""
     if isinstance(item, bool):
         raise TypeError(f"{label}: expected an fd as int, socket, file object or object with fileno(), not bool")
     if isinstance(item, int):
@@ -258,29 +348,60 @@ def _fd_number(item: object, label: str) -> int:
     return fd
 
 
-def _resolve_fds(fds: Sequence[FdLike] | Mapping[str, FdLike]) -> tuple[list[int], list[str], list[str]]:
-    """Return (fd numbers, names, labels for errors), with types, names and repeats checked."""
+def _fd_numbers(items: Sequence[object], label: Callable[[int], str]) -> list[int]:
+    """Return the fd of every item, checked like _fd_number(), with one function call per list."""
+    # Sockets and ints, the common cases, skip the per-item checks. Any other
+    # type, or a closed or out-of-range fd, sends the list through
+    # _fd_number(), which raises with the item's label.
+    types = set(map(type, items))
+    if types == {socket.socket}:
+        numbers = list(map(socket.socket.fileno, items))  # type: ignore[arg-type]
+    elif types == {int}:
+        numbers = list(items)  # type: ignore[arg-type]
+    else:
+        return [_fd_number(item, label(index)) for index, item in enumerate(items)]
+
+    if numbers and (min(numbers) < 0 or max(numbers) > _INT_MAX):
+        return [_fd_number(item, label(index)) for index, item in enumerate(items)]
+    return numbers
+
+
+def _check_unique(numbers: list[int], label: Callable[[int], str]) -> None:
+    if len(set(numbers)) == len(numbers):
+        return
+
+    first_index: dict[int, int] = {}
+    for index, fd in enumerate(numbers):
+        if fd in first_index:
+            raise ValueError(
+                f"{label(index)} is fd {fd}, which {label(first_index[fd])} already passes; pass each fd once"
+            )
+        first_index[fd] = index
+
+
+def _resolve_fds(
+    fds: Sequence[FdLike] | Mapping[str, FdLike],
+) -> tuple[list[object], list[int], list[str], Callable[[int], str]]:
+    """Return (items, fd numbers, names, index -> label for errors), with types, names and repeats checked."""
     if isinstance(fds, Mapping):
-        pairs = [(name, item, _describe_item(fds, name, item)) for name, item in fds.items()]
-        for name, _, label in pairs:
+        label = _item_labels(fds)
+        names = list(fds.keys())
+        for index, name in enumerate(names):
             if not isinstance(name, str):
-                raise TypeError(f"{label}: the name must be a str, not {type(name).__name__}")
+                raise TypeError(f"{label(index)}: the name must be a str, not {type(name).__name__}")
             protocol.validate_name(name)
+        items: list[object] = list(fds.values())
     elif isinstance(fds, (str, bytes)) or not isinstance(fds, (Sequence, set, frozenset, tuple, list)):
         raise TypeError(f"fds must be a sequence of fds or a mapping from name to fd, not {type(fds).__name__}")
     else:
-        pairs = [(protocol.DEFAULT_NAME, item, _describe_item(fds, index, item)) for index, item in enumerate(fds)]
+        label = _item_labels(fds)
+        items = list(fds)
+        names = [protocol.DEFAULT_NAME] * len(items)
 
-    numbers: list[int] = []
-    first_label: dict[int, str] = {}
-    for _, item, label in pairs:
-        fd = _fd_number(item, label)
-        if fd in first_label:
-            raise ValueError(f"{label} is fd {fd}, which {first_label[fd]} already passes; pass each fd once")
-        first_label[fd] = label
-        numbers.append(fd)
+    numbers = _fd_numbers(items, label)
+    _check_unique(numbers, label)
 
-    return numbers, [name for name, _, _ in pairs], [label for _, _, label in pairs]
+    return items, numbers, names, label
 
 
 def flush_output() -> None:
@@ -294,6 +415,10 @@ def flush_output() -> None:
             # A closed or broken stream loses its buffered output; exec goes on.
             log.debug("cannot flush %r before exec: %s", stream, error)
 
+    # A program that never imported logging has no handlers to flush.
+    logging = sys.modules.get("logging")
+    if logging is None:
+        return
     manager_loggers = [logging.getLogger()] + [
         logger for logger in logging.Logger.manager.loggerDict.values() if isinstance(logger, logging.Logger)
     ]
@@ -364,13 +489,17 @@ def reexec(
             fd flag and signal setting is as it was, so the program can go on
             serving.
     """
+    label: Callable[[int], str]
     if isinstance(fds, (Mapping, Sequence)) and len(fds) == 0:
         defaults = listeners()
+        items: list[object] = [sock for _, sock in defaults]
         numbers = [sock.fileno() for _, sock in defaults]
         names = [name for name, _ in defaults]
-        labels = [f"listener {name!r} ({sock!r})" for name, sock in defaults]
+
+        def label(index: int) -> str:
+            return f"listener {defaults[index][0]!r} ({defaults[index][1]!r})"
     else:
-        numbers, names, labels = _resolve_fds(fds)
+        items, numbers, names, label = _resolve_fds(fds)
 
     environ = dict(os.environ if env is None else env)
     if argv is None:
@@ -382,32 +511,38 @@ def reexec(
         exec_argv = argv
         if executable is None:
             first = os.fsdecode(argv[0]) if argv and isinstance(argv[0], (str, bytes)) else ""
+            import shutil  # only here: it costs milliseconds to import
+
             exec_path = shutil.which(first) or first
         else:
             exec_path = executable
     protocol.apply(environ, names, os.getpid())
+    environ.pop(_socket_env.VARIABLE, None)
+    socket_spec = _socket_env.encode(items, os.getpid())
+    if socket_spec is not None:
+        environ[_socket_env.VARIABLE] = socket_spec
 
     path_bytes = os.fsencode(exec_path)
     argv_bytes = _encode_argv(exec_argv)
     envp_bytes = _encode_environment(environ)
 
     with _lock:
-        log.info(
-            "restarting in place: executing %s with %d fds (%s)",
-            os.fsdecode(path_bytes),
-            len(numbers),
-            ", ".join(f"{fd}={name!r}" for fd, name in zip(numbers, names, strict=True)),
-        )
+        if _log.enabled(_log.INFO):
+            _log.info(
+                "restarting in place: executing %s with %d fds (%s)",
+                os.fsdecode(path_bytes),
+                len(numbers),
+                ", ".join(f"{fd}={name!r}" for fd, name in zip(numbers, names, strict=True)),
+            )
         flush_output()
         errno, bad_index = _native.exec_with_fds(path_bytes, argv_bytes, envp_bytes, numbers)
 
     if bad_index >= 0:
-        label = labels[bad_index]
         if errno == errno_module.EBADF:
-            raise OSError(errno, f"{label} is fd {numbers[bad_index]}, which is not open; pass an open fd")
-        raise ValueError(f"{label} is fd {numbers[bad_index]}, which is passed twice; pass each fd once")
+            raise OSError(errno, f"{label(bad_index)} is fd {numbers[bad_index]}, which is not open; pass an open fd")
+        raise ValueError(f"{label(bad_index)} is fd {numbers[bad_index]}, which is passed twice; pass each fd once")
 
-    log.warning(
+    _log.warning(
         "restart failed: execve(%s): %s; the program keeps running", os.fsdecode(path_bytes), os.strerror(errno)
     )
     raise OSError(errno, os.strerror(errno), os.fsdecode(path_bytes))

@@ -1,0 +1,96 @@
+"""FDPASS_SOCKETS: the family, type and protocol of each passed socket, written by the old image.
+
+A socket's family, type and protocol never change, and the socket objects
+in the old image hold them already. reexec() writes them here so that
+inherit() can build each socket.socket without asking the kernel with three
+system calls per fd. The variable is private to fdpass. inherit() trusts it
+only when it names this process and the fd count of LISTEN_FDS. Otherwise it
+reads the same facts from the kernel.
+
+Format: ``<pid>:<count>:<run>,<run>,...``, where each run is
+``<family>.<type>.<protocol>*<repeat>`` for consecutive fds that share all three.
+
+NOTE: inherit() checks each fd's family (the socket constructor reads it
+anyway) but takes the type and protocol from the variable as written.
+"""
+
+from __future__ import annotations
+
+import _socket
+import itertools
+import socket
+from collections.abc import Mapping, Sequence
+
+VARIABLE = "FDPASS_SOCKETS"
+
+# The raw int members of _socket.socket. socket.socket's family and type
+# properties wrap them in enums, which costs a Python call per socket.
+_FAMILY = _socket.socket.__dict__["family"]
+_TYPE = _socket.socket.__dict__["type"]
+_PROTOCOL = _socket.socket.__dict__["proto"]
+
+
+# The SO_PROTOCOL value of a socket created with protocol 0, which
+# socket.socket stores as 0. An AF_UNIX socket reports 0 itself.
+_DEFAULT_PROTOCOLS = {
+    (socket.AF_INET, socket.SOCK_STREAM): socket.IPPROTO_TCP,
+    (socket.AF_INET6, socket.SOCK_STREAM): socket.IPPROTO_TCP,
+    (socket.AF_INET, socket.SOCK_DGRAM): socket.IPPROTO_UDP,
+    (socket.AF_INET6, socket.SOCK_DGRAM): socket.IPPROTO_UDP,
+}
+
+
+def encode(items: Sequence[object], pid: int) -> str | None:
+    """Return the FDPASS_SOCKETS value for items, or None.
+
+    None means an item is not a socket.socket, or has protocol 0 in a family
+    and type whose real protocol this module does not know.
+    """
+    if not items or not all(issubclass(item_type, socket.socket) for item_type in set(map(type, items))):
+        return None
+
+    families = map(_FAMILY.__get__, items)
+    triples = zip(families, map(_TYPE.__get__, items), map(_PROTOCOL.__get__, items), strict=True)
+    runs = []
+    for (family, sock_type, protocol), group in itertools.groupby(triples):
+        if protocol == 0 and family != socket.AF_UNIX:
+            protocol = _DEFAULT_PROTOCOLS.get((family, sock_type), 0)
+            if protocol == 0:
+                return None
+        runs.append(f"{family}.{sock_type}.{protocol}*{sum(1 for _ in group)}")
+
+    return f"{pid}:{len(items)}:{','.join(runs)}"
+
+
+def decode(environ: Mapping[str, str], pid: int, count: int) -> tuple[list[int], list[int], list[int]] | None:
+    """Return (families, types, protocols) for count fds passed to pid, or None.
+
+    None means the variable is missing, malformed, or written for another
+    process or fd count, so the caller must ask the kernel.
+    """
+    value = environ.get(VARIABLE)
+    if value is None or count == 0:
+        return None
+
+    try:
+        pid_text, count_text, runs_text = value.split(":")
+        if int(pid_text) != pid or int(count_text) != count:
+            return None
+        families: list[int] = []
+        types: list[int] = []
+        protocols: list[int] = []
+        for run in runs_text.split(","):
+            spec, repeat_text = run.split("*")
+            family, sock_type, protocol = (int(part) for part in spec.split("."))
+            repeat = int(repeat_text)
+            if repeat < 1 or len(families) + repeat > count:
+                return None
+            families += [family] * repeat
+            types += [sock_type] * repeat
+            protocols += [protocol] * repeat
+    except ValueError:
+        return None
+
+    if len(families) != count:
+        return None
+    return families, types, protocols
