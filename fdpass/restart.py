@@ -413,7 +413,7 @@ def flush_output() -> None:
             stream.flush()
         except (OSError, ValueError) as error:
             # A closed or broken stream loses its buffered output; exec goes on.
-            log.debug("cannot flush %r before exec: %s", stream, error)
+            _log.debug("cannot flush %r before exec: %s", stream, error)
 
     # A program that never imported logging has no handlers to flush.
     logging = sys.modules.get("logging")
@@ -427,7 +427,7 @@ def flush_output() -> None:
             try:
                 handler.flush()
             except (OSError, ValueError) as error:
-                log.debug("cannot flush logging handler %r before exec: %s", handler, error)
+                _log.debug("cannot flush logging handler %r before exec: %s", handler, error)
 
 
 def _encode_environment(env: Mapping[str, str]) -> list[bytes]:
