@@ -248,3 +248,20 @@ def seen_groups() -> Iterator[set[int]]:
                     os.killpg(pgid, signal.SIGKILL)
                 except (ProcessLookupError, PermissionError):
                     pass
+
+
+@pytest.fixture(autouse=True, scope="session")
+def run_outside_checkout(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Run every test, and every child it starts, from an empty directory.
+
+    ``python -m`` and ``python -c`` put the working directory first on
+    sys.path. Run from a checkout, children would import the fdpass source
+    tree, which has no compiled extension, in place of the installed package
+    under test.
+    """
+    previous = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("cwd"))
+    try:
+        yield
+    finally:
+        os.chdir(previous)
