@@ -430,6 +430,21 @@ def flush_output() -> None:
                 _log.debug("cannot flush logging handler %r before exec: %s", handler, error)
 
 
+def _flush_passed(items: Sequence[object], label: Callable[[int], str]) -> None:
+    # A file object's write buffer lives in this process's memory, which
+    # execve discards, so flush it while the fd can still take the bytes.
+    for index, item in enumerate(items):
+        if isinstance(item, (int, socket.socket)):
+            continue
+        flush = getattr(item, "flush", None)
+        if not callable(flush):
+            continue
+        try:
+            flush()
+        except (OSError, ValueError) as error:
+            _log.warning("cannot flush %s before the restart, so its buffered data is lost: %s", label(index), error)
+
+
 def _encode_environment(env: Mapping[str, str]) -> list[bytes]:
     encoded = []
     for key, value in env.items():
@@ -468,8 +483,8 @@ def reexec(
     The fds arrive in the new run on 3, 4, ... in order, with LISTEN_FDS,
     LISTEN_PID (this PID, which exec keeps) and LISTEN_FDNAMES set, and
     inherit() there turns them back into objects. Every other fd above 2 is
-    closed by the exec. stdout, stderr and the logging handlers are flushed
-    first. Never returns on success.
+    closed by the exec. stdout, stderr, the logging handlers and every passed
+    object with flush() are flushed first. Never returns on success.
 
     Args:
         fds: a sequence of fds, each named "unknown", or a mapping from name
@@ -534,6 +549,7 @@ def reexec(
                 len(numbers),
                 ", ".join(f"{fd}={name!r}" for fd, name in zip(numbers, names, strict=True)),
             )
+        _flush_passed(items, label)
         flush_output()
         errno, bad_index = _native.exec_with_fds(path_bytes, argv_bytes, envp_bytes, numbers)
 
