@@ -53,9 +53,9 @@ def test_response_survives_restart(children, tmp_path):
     assert output_path.read_bytes() == response
 
 
-def test_unflushed_output_kept(children):
-    """print() without flush, a partial stderr line and buffered log records survive reexec()."""
-    child = children.helper("print_before_restart.py")
+def test_unflushed_output_kept(children, tmp_path):
+    """print() without flush, a partial stderr line, buffered log records and a passed file's buffer survive."""
+    child = children.helper("print_before_restart.py", str(tmp_path / "passed.txt"))
     status, stdout, stderr = child.finish()
 
     assert status == 0, stderr
@@ -63,7 +63,8 @@ def test_unflushed_output_kept(children):
     assert "print before restart" in lines
     assert "log record before restart" in lines
     assert "print after log" in lines
-    assert lines[-1] == "second run"
-    assert len(lines) == 4
+    assert lines[-2] == "second run"
+    assert lines[-1] == "file: 'file line before restart\\n'"
+    assert len(lines) == 5
     assert lines.index("print before restart") < lines.index("print after log")
     assert stderr.startswith("stderr before restart")
