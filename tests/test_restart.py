@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import threading
+
+from conftest import clean_environment
 
 #: Large enough that the response cannot be in flight as one segment: most of
 #: it waits in the kernel's send and receive buffers during the restart.
@@ -53,9 +56,16 @@ def test_response_survives_restart(children, tmp_path):
     assert output_path.read_bytes() == response
 
 
+def buffered_environment() -> dict[str, str]:
+    """Return the child environment without PYTHONUNBUFFERED, so stdout on a pipe is block buffered."""
+    env = clean_environment()
+    env.pop("PYTHONUNBUFFERED", None)
+    return env
+
+
 def test_unflushed_output_kept(children, tmp_path):
     """print() without flush, a partial stderr line, buffered log records and a passed file's buffer survive."""
-    child = children.helper("print_before_restart.py", str(tmp_path / "passed.txt"))
+    child = children.helper("print_before_restart.py", str(tmp_path / "passed.txt"), env=buffered_environment())
     status, stdout, stderr = child.finish()
 
     assert status == 0, stderr
@@ -68,3 +78,32 @@ def test_unflushed_output_kept(children, tmp_path):
     assert len(lines) == 5
     assert lines.index("print before restart") < lines.index("print after log")
     assert stderr.startswith("stderr before restart")
+
+
+BROKEN_STDOUT_PROGRAM = """
+import os, sys, fdpass
+fdpass.inherit()
+if "HELPER_RESTARTED" in os.environ:
+    with open(sys.argv[1], "w") as marker:
+        marker.write(str(os.getpid()))
+    os._exit(0)
+print("lost: nobody reads stdout any more")
+sys.stdin.readline()
+fdpass.reexec(env={**os.environ, "HELPER_RESTARTED": "1"})
+"""
+
+
+def test_restart_with_broken_stdout(children, tmp_path):
+    """A stdout whose reader is gone cannot be flushed, and reexec() goes on regardless."""
+    marker = tmp_path / "restarted"
+    child = children.python(
+        "-c", BROKEN_STDOUT_PROGRAM, str(marker), stdin=subprocess.PIPE, env=buffered_environment()
+    )
+
+    child.popen.stdout.close()
+    child.popen.stdin.write(b"go\n")
+    child.popen.stdin.flush()
+    status = child.wait()
+
+    assert status == 0, child.stderr_text()
+    assert marker.read_text() == str(child.pid)
