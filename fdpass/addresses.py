@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import socket
 import stat
 
+from fdpass import _log
 from fdpass._record import Frozen
 
 #: An address listen() accepts: (host, port), a Unix socket path, or a
@@ -20,7 +20,6 @@ _SOCKET_TYPES: dict[int, str] = {
     socket.SOCK_SEQPACKET: "SOCK_SEQPACKET",
 }
 
-log = logging.getLogger("fdpass")
 
 # sizeof(sockaddr_un.sun_path) on Linux, including the terminating NUL of a path.
 _SUN_PATH_SIZE = 108
@@ -128,7 +127,7 @@ def matches_bound_address(sock: socket.socket, target: Target, listening: bool |
     try:
         bound = sock.getsockname()
     except OSError as error:
-        log.debug("fd %d: getsockname() failed (%s), so it cannot match %r", sock.fileno(), error, target.original)
+        _log.debug("fd %d: getsockname() failed (%s), so it cannot match %r", sock.fileno(), error, target.original)
         return False
 
     if target.family == socket.AF_UNIX:
@@ -161,11 +160,11 @@ def _remove_stale_unix_socket(path: bytes, target: Target) -> None:
         probe.connect(path)
     except ConnectionRefusedError:
         os.unlink(path)
-        log.info("removed stale Unix socket %s: nothing accepts connections on it", os.fsdecode(path))
+        _log.info("removed stale Unix socket %s: nothing accepts connections on it", os.fsdecode(path))
         return
     except OSError as error:
         # bind() reports the real problem, if there is one, with the address.
-        log.debug("cannot probe Unix socket %s (%s); binding anyway", os.fsdecode(path), error)
+        _log.debug("cannot probe Unix socket %s (%s); binding anyway", os.fsdecode(path), error)
         return
     finally:
         probe.close()
