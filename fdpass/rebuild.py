@@ -113,23 +113,35 @@ def file_mode(status_flags: int) -> str:
     return "a+b" if append else "r+b"
 
 
+def _rebuild_socket(info: FdInfo) -> socket.socket:
+    nonblocking = bool(info.status_flags & os.O_NONBLOCK)
+    if not nonblocking and socket.getdefaulttimeout() is None:
+        return socket.socket(info.family, info.type, info.protocol, fileno=info.fd)
+
+    # With SOCK_NONBLOCK in the type, CPython's constructor skips
+    # socket.setdefaulttimeout(), which would set O_NONBLOCK on the file
+    # description that the passing process shares.
+    sock = socket.socket(info.family, info.type | socket.SOCK_NONBLOCK, info.protocol, fileno=info.fd)
+    if not nonblocking:
+        # NOTE: settimeout(None) issues FIONBIO(0), a no-op on this blocking fd,
+        # unless another process sets O_NONBLOCK on it in the meantime.
+        sock.settimeout(None)
+    return sock
+
+
 def rebuild(info: FdInfo) -> FdObject:
     """Return a socket.socket or file object that owns info.fd.
 
-    A socket with O_NONBLOCK set comes back in non-blocking mode (timeout 0.0).
-    The constructor gets SOCK_NONBLOCK for that, so no system call changes the
-    shared file description. A directory has no file object, so its fd
+    A socket with O_NONBLOCK set comes back in non-blocking mode (timeout 0.0),
+    and one without it in blocking mode (timeout None), even when
+    socket.setdefaulttimeout() is set, so no system call changes O_NONBLOCK
+    on the shared file description. A directory has no file object, so its fd
     comes back as an int.
     """
     kind = kind_of(info)
 
     if kind == KIND_SOCKET:
-        sock_type = info.type
-        if info.status_flags & os.O_NONBLOCK:
-            sock_type |= socket.SOCK_NONBLOCK
-        # NOTE: with socket.setdefaulttimeout() set, CPython's constructor turns
-        # on O_NONBLOCK itself, which the process that passed the fd shares.
-        return socket.socket(info.family, sock_type, info.protocol, fileno=info.fd)
+        return _rebuild_socket(info)
 
     if kind == KIND_DIRECTORY:
         return info.fd
