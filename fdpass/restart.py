@@ -18,6 +18,7 @@ import sys
 from collections.abc import Iterator, Mapping, Sequence
 
 from fdpass import _log, _native, _socket_env, command, protocol, rebuild
+from fdpass import state as state_module
 from fdpass.addresses import bind_new_socket, matches_bound_address, resolve
 
 # typing and logging cost milliseconds to import, which every restart would
@@ -144,6 +145,36 @@ def inherit() -> Inherited:
 
         _inherited = result
         return result
+
+
+_inherited_state: bytes | None = None
+
+
+def inherited_state() -> bytes | None:
+    """Return the bytes the previous run passed as reexec(state=...) or upgrade(state=...).
+
+    The state arrives as the inherited fd named "fdpass-state". The first
+    call reads it and closes the fd. Later calls return the same bytes.
+
+    Returns:
+        The state, or None if the previous run passed none.
+
+    Raises:
+        ValueError: as inherit() does, when the LISTEN_* variables are
+            malformed.
+    """
+    global _inherited_state
+
+    inherited = inherit()
+    with _lock:
+        if _inherited_state is None and state_module.STATE_FD_NAME in inherited:
+            carrier = inherited[state_module.STATE_FD_NAME]
+            fd = carrier if isinstance(carrier, int) else carrier.fileno()
+            _inherited_state = state_module.read_state_fd(fd)
+            if not isinstance(carrier, int):
+                carrier.close()
+            _log.debug("read %d bytes of inherited state", len(_inherited_state))
+        return _inherited_state
 
 
 def _check_adoptable(columns: dict[str, list[int]], names: Sequence[str]) -> None:
@@ -477,6 +508,7 @@ def reexec(
     argv: Sequence[str | bytes] | None = None,
     executable: str | bytes | os.PathLike[str] | None = None,
     env: Mapping[str, str] | None = None,
+    state: bytes | None = None,
 ) -> NoReturn:
     """Replace this program with a fresh run of itself, in the same process, passing fds.
 
@@ -496,6 +528,9 @@ def reexec(
             is None, else argv[0] looked up in PATH.
         env: the new environment; None means os.environ. LISTEN_* variables
             in it are replaced.
+        state: bytes for the new run to read with inherited_state(). They
+            travel in a sealed memfd passed as one more fd, named
+            "fdpass-state", so no environment size limit applies.
 
     Raises:
         TypeError, ValueError: an fd is closed, invalid or passed twice, a name
@@ -515,6 +550,7 @@ def reexec(
             return f"listener {defaults[index][0]!r} ({defaults[index][1]!r})"
     else:
         items, numbers, names, label = _resolve_fds(fds)
+    state_bytes = None if state is None else state_module.to_bytes(state)
 
     environ = dict(os.environ if env is None else env)
     if argv is None:
@@ -531,6 +567,8 @@ def reexec(
             exec_path = shutil.which(first) or first
         else:
             exec_path = executable
+    if state_bytes is not None:
+        names = [*names, state_module.STATE_FD_NAME]
     protocol.apply(environ, names, os.getpid())
     environ.pop(_socket_env.VARIABLE, None)
     socket_spec = _socket_env.encode(items, os.getpid())
@@ -541,6 +579,9 @@ def reexec(
     argv_bytes = _encode_argv(exec_argv)
     envp_bytes = _encode_environment(environ)
 
+    state_fd = None if state_bytes is None else state_module.create_state_fd(state_bytes)
+    if state_fd is not None:
+        numbers = [*numbers, state_fd]
     with _lock:
         if _log.enabled(_log.INFO):
             _log.info(
@@ -552,6 +593,8 @@ def reexec(
         _flush_passed(items, label)
         flush_output()
         errno, bad_index = _native.exec_with_fds(path_bytes, argv_bytes, envp_bytes, numbers)
+    if state_fd is not None:
+        os.close(state_fd)
 
     if bad_index >= 0:
         if errno == errno_module.EBADF:
