@@ -16,7 +16,8 @@ if not sys.platform.startswith("linux"):
 
 from fdpass.protocol import ListenEnv
 from fdpass.rebuild import Description
-from fdpass.restart import Inherited, flush_output, inherit, listen, listeners, reexec
+from fdpass.restart import Inherited, flush_output, inherit, inherited_state, listen, listeners, reexec
+from fdpass.upgrade import UpgradeError, Upgrader
 
 __version__ = "0.1.0"
 
@@ -24,8 +25,11 @@ __all__ = [
     "Description",
     "Inherited",
     "ListenEnv",
+    "UpgradeError",
+    "Upgrader",
     "flush_output",
     "inherit",
+    "inherited_state",
     "listen",
     "listeners",
     "reexec",

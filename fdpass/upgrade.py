@@ -1,0 +1,769 @@
+"""Zero-downtime upgrades: start the next generation, wait until it is ready, hand over.
+
+Upgrader.upgrade() starts a new run of this program next to the running one,
+through fdpass_spawn(), and passes it every socket that listen() returned.
+Both generations then share the same listening sockets, so connections keep
+arriving in one accept queue while the new code starts. The new generation
+calls Upgrader.ready(), which wakes the old one through a pipe; only then
+does the old generation stop accepting and exit. If the new generation exits,
+crashes or is not ready within upgrade_timeout, the old one keeps serving.
+
+Three fds travel with the sockets, under reserved LISTEN_FDNAMES names:
+
+- READY_FD_NAME: the write end of the readiness pipe. ready() writes this
+  process's PID into it. EOF without data means the child gave up.
+- PARENT_FD_NAME: the read end of a pipe whose write end only the old
+  generation holds. It reads EOF once the old generation has exited, which
+  is how wait_for_parent() learns that the previous generation is gone.
+- fdpass.state.STATE_FD_NAME: the sealed memfd with upgrade(state=...).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno as errno_module
+import logging
+import os
+import select
+import signal
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import IO, Any
+
+from fdpass import _native, command, notify, protocol, restart
+from fdpass import state as state_module
+from fdpass.addresses import Address
+
+log = logging.getLogger("fdpass")
+
+#: LISTEN_FDNAMES name of the pipe that the new generation signals readiness on.
+READY_FD_NAME = "fdpass-ready"
+#: LISTEN_FDNAMES name of the pipe that reads EOF once the previous generation exits.
+PARENT_FD_NAME = "fdpass-parent"
+
+_RESERVED_NAMES = frozenset({READY_FD_NAME, PARENT_FD_NAME, state_module.STATE_FD_NAME})
+
+# Seconds between waitpid(WNOHANG) checks when os.pidfd_open() is missing
+# (Linux before 5.3); with a pidfd the wait is woken by the child's exit.
+_EXIT_POLL_INTERVAL = 0.05
+
+_STARTING = "starting"
+_READY = "ready"
+_HANDED_OVER = "handed over"
+_STOPPED = "stopped"
+
+_active_lock = threading.Lock()
+_active: Upgrader | None = None
+
+
+class UpgradeError(Exception):
+    """An upgrade was not allowed now, or the new generation failed to become ready.
+
+    The generation that called upgrade() keeps serving either way.
+
+    Attributes:
+        pid: the new generation's PID, or None if none was started.
+        status: the new generation's exit code as os.waitstatus_to_exitcode()
+            returns it (negative for a signal), or None if it did not exit
+            or was reaped elsewhere.
+    """
+
+    def __init__(self, message: str, *, pid: int | None = None, status: int | None = None) -> None:
+        super().__init__(message)
+        self.pid = pid
+        self.status = status
+
+
+@dataclass
+class _Attempt:
+    """One running upgrade: the new generation and the parent's ends of its pipes."""
+
+    pid: int
+    ready_fd: int       # read end of the readiness pipe, O_NONBLOCK
+    parent_fd: int      # write end of the parent pipe; open until this process exits
+    pidfd: int | None   # os.pidfd_open(pid), or None without pidfd support
+    started: float
+    deadline: float
+    ready_eof: bool = False
+    status: int | None = None
+
+
+def _describe_status(status: int | None) -> str:
+    if status is None:
+        return "exited (its status was collected elsewhere)"
+    if status < 0:
+        try:
+            name = signal.Signals(-status).name
+        except ValueError:
+            name = f"signal {-status}"
+        return f"was killed by {name}"
+    return f"exited with status {status}"
+
+
+def write_pid_file(path: str, pid: int) -> None:
+    """Write pid to path atomically: a temporary file in the same directory, then rename().
+
+    A reader sees either the old content or the new one, never a partial
+    write.
+    """
+    directory = os.path.dirname(path) or "."
+    fd, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    try:
+        os.write(fd, f"{pid}\n".encode())
+        os.fchmod(fd, 0o644)
+        os.close(fd)
+        fd = -1
+        os.replace(temporary, path)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        os.unlink(temporary)
+        raise
+
+
+def _send_notification(send: Callable[..., bool], *args: Any) -> None:
+    try:
+        send(*args)
+    except (OSError, ValueError) as error:
+        log.warning("sd_notify to %s failed: %s", os.environ.get(notify.NOTIFY_SOCKET), error)
+
+
+def _pidfd_open(pid: int) -> int | None:
+    pidfd_open = getattr(os, "pidfd_open", None)
+    if pidfd_open is None:
+        return None
+    try:
+        fd: int = pidfd_open(pid)
+    except OSError as error:
+        log.debug("pidfd_open(%d) failed (%s); polling waitpid() instead", pid, error)
+        return None
+    return fd
+
+
+def _inherited_pipe(inherited: restart.Inherited, name: str) -> IO[bytes] | None:
+    pipe = inherited.get(name)
+    if pipe is None or isinstance(pipe, (int, socket.socket)):
+        return None
+    return pipe
+
+
+def _close_quietly(fd: int | None) -> None:
+    if fd is None or fd < 0:
+        return
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+
+class Upgrader:
+    """Runs one generation of a program that upgrades itself without closing its sockets.
+
+    Create one Upgrader early in the program, get sockets from listen(), and
+    call ready() once the program serves. upgrade(), from any thread, starts
+    the next generation and returns its PID once that one has called
+    ready(). wait_exit() returns in the old generation after that, or after
+    stop(): then it closes its listening sockets (close(), never shutdown(),
+    because both generations share them), finishes its requests and exits.
+
+    Only one Upgrader may be active in a process at a time; stop() ends it.
+
+    Args:
+        upgrade_timeout: seconds the new generation has to call ready()
+            before it is killed with SIGKILL.
+        pid_file: a path that ready() writes this process's PID to,
+            atomically, or None.
+
+    Raises:
+        TypeError, ValueError: an argument is malformed.
+        UpgradeError: another Upgrader is active in this process.
+        ValueError: the inherited LISTEN_* variables are malformed, as
+            fdpass.inherit() raises.
+    """
+
+    def __init__(self, *, upgrade_timeout: float = 60.0, pid_file: str | os.PathLike[str] | None = None) -> None:
+        global _active
+
+        if isinstance(upgrade_timeout, bool) or not isinstance(upgrade_timeout, (int, float)):
+            raise TypeError(f"upgrade_timeout must be a number of seconds, not {upgrade_timeout!r}")
+        if not upgrade_timeout > 0 or upgrade_timeout == float("inf"):
+            raise ValueError(f"upgrade_timeout must be a positive, finite number of seconds, not {upgrade_timeout!r}")
+        if pid_file is not None and not isinstance(pid_file, (str, os.PathLike)):
+            raise TypeError(f"pid_file must be a path or None, not {type(pid_file).__name__}")
+
+        inherited = restart.inherit()
+
+        with _active_lock:
+            if _active is not None:
+                raise UpgradeError(
+                    f"another Upgrader is active in this process ({_active!r}); call its stop() first"
+                )
+            _active = self
+
+        self._upgrade_timeout = float(upgrade_timeout)
+        self._pid_file = None if pid_file is None else os.path.abspath(os.fspath(pid_file))
+        self._lock = threading.Lock()
+        self._state = _STARTING
+        self._attempt: _Attempt | None = None
+        self._upgrading = False
+        self._successor: int | None = None
+        self._handover_fd: int | None = None
+        self._exit_event = threading.Event()
+        self._exit_read_fd, self._exit_write_fd = os.pipe()
+        self._exit_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+
+        self._ready_pipe = _inherited_pipe(inherited, READY_FD_NAME)
+        self._parent_pipe = _inherited_pipe(inherited, PARENT_FD_NAME)
+        self._parent_pid = os.getppid() if self._parent_pipe is not None else None
+        self._parent_gone = self._parent_pipe is None
+
+    def __repr__(self) -> str:
+        return f"<fdpass.Upgrader pid={os.getpid()} state={self._state!r} has_parent={self.has_parent}>"
+
+    def __enter__(self) -> Upgrader:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    @property
+    def has_parent(self) -> bool:
+        """True if an earlier generation started this process with upgrade()."""
+        return self._parent_pid is not None
+
+    @property
+    def parent_pid(self) -> int | None:
+        """The PID of the generation that started this one, or None."""
+        return self._parent_pid
+
+    @property
+    def upgrade_timeout(self) -> float:
+        """Seconds a new generation has to call ready()."""
+        return self._upgrade_timeout
+
+    @property
+    def pid_file(self) -> str | None:
+        """The absolute path ready() writes the PID to, or None."""
+        return self._pid_file
+
+    def listen(
+        self,
+        address: Address,
+        *,
+        type: int = socket.SOCK_STREAM,
+        backlog: int | None = None,
+        name: str | None = None,
+    ) -> socket.socket:
+        """Return the inherited socket for address, or bind a new one, as fdpass.listen() does.
+
+        Every socket returned here is passed to the next generation.
+
+        Raises:
+            ValueError: name is one of the names fdpass reserves for its own
+                fds, or anything fdpass.listen() rejects.
+        """
+        if name in _RESERVED_NAMES:
+            raise ValueError(f"the fd name {name!r} is reserved for fdpass itself; pick another name")
+        return restart.listen(address, type=type, backlog=backlog, name=name)
+
+    def ready(self) -> None:
+        """Declare this generation ready to serve.
+
+        Writes the PID file, then writes this PID to the readiness pipe, so
+        the previous generation's upgrade() returns it. In a first generation, sends READY=1 to
+        NOTIFY_SOCKET instead; under a parent, the parent sends MAINPID= and
+        READY=1, since systemd accepts notifications from the main PID only
+        by default. Calling it again does nothing.
+
+        Raises:
+            UpgradeError: stop() was called before ready().
+            OSError: the PID file could not be written; the previous
+                generation was not told, so its upgrade() will fail.
+        """
+        with self._lock:
+            if self._state in (_READY, _HANDED_OVER):
+                return
+            if self._state == _STOPPED:
+                raise UpgradeError("ready() was called after stop(); this generation no longer serves")
+            if self._pid_file is not None:
+                write_pid_file(self._pid_file, os.getpid())
+            self._state = _READY
+            ready_pipe, self._ready_pipe = self._ready_pipe, None
+
+        if ready_pipe is None:
+            _send_notification(notify.ready)
+            log.info("generation PID %d is ready", os.getpid())
+            return
+
+        try:
+            os.write(ready_pipe.fileno(), f"{os.getpid()}\n".encode())
+        except BrokenPipeError:
+            log.warning("generation PID %d is ready, but its parent PID %s is gone", os.getpid(), self._parent_pid)
+        else:
+            log.info("generation PID %d is ready and notified its parent PID %s", os.getpid(), self._parent_pid)
+        finally:
+            ready_pipe.close()
+
+    def upgrade(self, *, state: bytes | None = None, fds: Mapping[str, restart.FdLike] | None = None) -> int:
+        """Start the next generation of this program and wait until it calls ready().
+
+        The new generation runs the command line that started this one (see
+        fdpass.command) with every socket from listen() plus fds, and with
+        state readable through fdpass.inherited_state(). While it starts,
+        this generation keeps serving; other threads are not disturbed.
+
+        Args:
+            state: bytes to hand to the new generation, or None.
+            fds: more fds to pass, as a mapping from name to fd.
+
+        Returns:
+            The PID of the new generation, which is ready. wait_exit() returns
+            from now on, and the PID file names the new generation.
+
+        Raises:
+            UpgradeError: the upgrade is not allowed now, because this
+                generation is not ready, is stopped or already handed over,
+                another upgrade is running, or the previous generation still
+                runs. Or the new generation could not start, exited before
+                ready(), or was not ready within upgrade_timeout and was
+                killed. Either way nothing about this generation changed,
+                and a later upgrade() may succeed.
+            TypeError, ValueError: state or fds is malformed.
+        """
+        attempt = self._begin_upgrade(state, fds)
+
+        try:
+            outcome = self._wait_blocking(attempt)
+        except BaseException:
+            self._end_attempt(attempt, kill=True)
+            raise
+
+        return self._finish_upgrade(attempt, outcome)
+
+    async def upgrade_async(
+        self, *, state: bytes | None = None, fds: Mapping[str, restart.FdLike] | None = None
+    ) -> int:
+        """Run upgrade() without blocking the asyncio event loop.
+
+        Cancelling the awaiting task kills the new generation and ends the
+        upgrade, as if it had timed out.
+        """
+        attempt = self._begin_upgrade(state, fds)
+
+        try:
+            outcome = await self._wait_async(attempt)
+        except BaseException:
+            self._end_attempt(attempt, kill=True)
+            raise
+
+        return self._finish_upgrade(attempt, outcome)
+
+    def wait_exit(self, timeout: float | None = None) -> bool:
+        """Wait until this generation should exit: after a successful upgrade() or stop().
+
+        Then close the listening sockets (close(), never shutdown()), finish
+        the requests in flight and exit. Unix socket paths stay in place for
+        the new generation.
+
+        Returns:
+            True once this generation should exit, False if timeout seconds
+            passed first.
+        """
+        return self._exit_event.wait(timeout)
+
+    async def wait_exit_async(self) -> None:
+        """Wait, without blocking the event loop, until this generation should exit."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        with self._lock:
+            if self._exit_event.is_set():
+                return
+            self._exit_waiters.append((loop, future))
+
+        try:
+            await future
+        finally:
+            with self._lock:
+                if (loop, future) in self._exit_waiters:
+                    self._exit_waiters.remove((loop, future))
+
+    def wait_for_parent(self, timeout: float | None = None) -> bool:
+        """Wait until the generation that started this one has exited.
+
+        Only the parent has the write end of a pipe whose read end this
+        process inherited, so the read end reports EOF once every copy of
+        the write end is closed, which happens when the parent exits. A
+        first generation has no parent and returns True at once.
+
+        Returns:
+            True once the parent is gone, False if timeout seconds passed
+            first.
+        """
+        with self._lock:
+            if self._parent_gone or self._parent_pipe is None:
+                return True
+            fd = self._parent_pipe.fileno()
+
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        timeout_ms = None if timeout is None else max(0, int(timeout * 1000))
+        if not poller.poll(timeout_ms):
+            return False
+
+        self._mark_parent_gone()
+        return True
+
+    async def wait_for_parent_async(self) -> None:
+        """Wait, without blocking the event loop, until the previous generation has exited."""
+        with self._lock:
+            if self._parent_gone or self._parent_pipe is None:
+                return
+            # A private copy, so concurrent waiters each get their own add_reader() slot.
+            fd = os.dup(self._parent_pipe.fileno())
+
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        loop.add_reader(fd, _resolve_future, future)
+        try:
+            await future
+        finally:
+            loop.remove_reader(fd)
+            os.close(fd)
+
+        self._mark_parent_gone()
+
+    def stop(self) -> None:
+        """End this generation's part in upgrades: wait_exit() returns, and upgrade() raises.
+
+        An upgrade() that is waiting kills its new generation and raises
+        UpgradeError. Before ready(), stop() also closes the readiness pipe,
+        so a waiting parent sees this generation give up. Calling it again does nothing.
+        """
+        global _active
+
+        with self._lock:
+            if self._state == _STOPPED:
+                return
+            self._state = _STOPPED
+            ready_pipe, self._ready_pipe = self._ready_pipe, None
+
+        if ready_pipe is not None:
+            ready_pipe.close()
+        self._signal_exit()
+        with _active_lock:
+            if _active is self:
+                _active = None
+        log.info("generation PID %d stopped taking part in upgrades", os.getpid())
+
+    # The steps of an upgrade.
+
+    def _refusal(self) -> str | None:
+        if self._state == _STARTING:
+            return "this generation has not called ready() yet; an upgrade is allowed only after ready()"
+        if self._state == _STOPPED:
+            return "stop() was called; this generation allows no more upgrades"
+        if self._state == _HANDED_OVER:
+            return f"this generation already handed over to PID {self._successor}; it should exit"
+        if self._upgrading:
+            running = f" (new generation PID {self._attempt.pid})" if self._attempt is not None else ""
+            return f"an upgrade is already running{running}; wait for it to finish"
+        if not self._parent_gone and not self._poll_parent_gone():
+            return (
+                f"the previous generation (PID {self._parent_pid}) is still running; "
+                "upgrade again after it exits (see wait_for_parent())"
+            )
+        return None
+
+    def _begin_upgrade(self, state: object, fds: Mapping[str, restart.FdLike] | None) -> _Attempt:
+        state_bytes = None if state is None else state_module.to_bytes(state)
+        if fds is not None and not isinstance(fds, Mapping):
+            raise TypeError(f"fds must be a mapping from name to fd, not {type(fds).__name__}")
+        extra_numbers, extra_names, extra_labels = restart._resolve_fds(fds or {})
+        for name in extra_names:
+            if name in _RESERVED_NAMES:
+                raise ValueError(f"the fd name {name!r} is reserved for fdpass itself; pick another name")
+
+        with self._lock:
+            refusal = self._refusal()
+            if refusal is not None:
+                raise UpgradeError(f"upgrade not allowed now: {refusal}")
+            self._upgrading = True
+
+        try:
+            attempt = self._spawn(state_bytes, extra_numbers, extra_names, extra_labels)
+        except BaseException:
+            with self._lock:
+                self._upgrading = False
+            raise
+
+        with self._lock:
+            self._attempt = attempt
+        return attempt
+
+    def _spawn(
+        self, state_bytes: bytes | None, extra_numbers: list[int], extra_names: list[str], extra_labels: list[str]
+    ) -> _Attempt:
+        listeners = restart.listeners()
+        numbers = [sock.fileno() for _, sock in listeners] + extra_numbers
+        names = [name for name, _ in listeners] + extra_names
+        labels = [f"listener {name!r} ({sock!r})" for name, sock in listeners] + extra_labels
+
+        environ = dict(os.environ)
+        start = command.current(environ)
+        environ.update(start.env_updates)
+        path = os.fsencode(start.executable)
+        argv = restart._encode_argv(start.argv)
+
+        ready_read, ready_write = os.pipe()
+        parent_read, parent_write = os.pipe()
+        state_fd = None
+        try:
+            state_fd = None if state_bytes is None else state_module.create_state_fd(state_bytes)
+            passed = [*numbers, ready_write, parent_read]
+            passed_names = [*names, READY_FD_NAME, PARENT_FD_NAME]
+            if state_fd is not None:
+                passed.append(state_fd)
+                passed_names.append(state_module.STATE_FD_NAME)
+            # fdpass_spawn() puts the child's own PID in LISTEN_PID.
+            protocol.apply(environ, passed_names, os.getpid())
+            envp = restart._encode_environment(environ)
+
+            _send_notification(notify.reloading)
+            started = time.monotonic()
+            try:
+                pid = _native.spawn_with_fds(path, argv, envp, passed)
+            except BaseException:
+                # READY=1 ends the reload that RELOADING=1 announced.
+                _send_notification(notify.ready)
+                raise
+        except _native.SpawnFdError as error:
+            _close_quietly(ready_read)
+            _close_quietly(parent_write)
+            label = labels[error.index] if error.index < len(labels) else "an internal pipe"
+            problem = "is not open" if error.errno == errno_module.EBADF else "is passed twice"
+            raise UpgradeError(f"upgrade not started: {label} {problem}") from error
+        except OSError as error:
+            _close_quietly(ready_read)
+            _close_quietly(parent_write)
+            log.warning("upgrade failed: could not start %s: %s", start.executable, error)
+            raise UpgradeError(f"could not start the new generation ({start.executable}): {error}") from error
+        except BaseException:
+            _close_quietly(ready_read)
+            _close_quietly(parent_write)
+            raise
+        finally:
+            _close_quietly(ready_write)
+            _close_quietly(parent_read)
+            _close_quietly(state_fd)
+
+        os.set_blocking(ready_read, False)
+        log.info(
+            "upgrade started: generation PID %d with %d fds (%s)",
+            pid,
+            len(passed),
+            ", ".join(f"{fd}={name!r}" for fd, name in zip(passed, passed_names, strict=True)),
+        )
+        return _Attempt(
+            pid=pid,
+            ready_fd=ready_read,
+            parent_fd=parent_write,
+            pidfd=_pidfd_open(pid),
+            started=started,
+            deadline=started + self._upgrade_timeout,
+        )
+
+    def _check_attempt(self, attempt: _Attempt) -> str | None:
+        """Return "ready", "exited", "stopped" or "timeout" once the upgrade has an outcome, else None."""
+        if not attempt.ready_eof:
+            try:
+                data = os.read(attempt.ready_fd, 64)
+            except BlockingIOError:
+                pass
+            else:
+                if data:
+                    return "ready"
+                attempt.ready_eof = True
+
+        try:
+            pid, wait_status = os.waitpid(attempt.pid, os.WNOHANG)
+        except ChildProcessError:
+            return "exited"
+        if pid == attempt.pid:
+            attempt.status = os.waitstatus_to_exitcode(wait_status)
+            return "exited"
+
+        if self._exit_event.is_set():
+            return "stopped"
+        if time.monotonic() >= attempt.deadline:
+            return "timeout"
+        return None
+
+    def _wait_timeout(self, attempt: _Attempt) -> float:
+        remaining = max(0.0, attempt.deadline - time.monotonic())
+        if attempt.pidfd is None:
+            return min(remaining, _EXIT_POLL_INTERVAL)
+        return remaining
+
+    def _wait_blocking(self, attempt: _Attempt) -> str:
+        poller = select.poll()
+        poller.register(self._exit_read_fd, select.POLLIN)
+        poller.register(attempt.ready_fd, select.POLLIN)
+        if attempt.pidfd is not None:
+            poller.register(attempt.pidfd, select.POLLIN)
+
+        ready_registered = True
+
+        while True:
+            outcome = self._check_attempt(attempt)
+            if outcome is not None:
+                return outcome
+            if attempt.ready_eof and ready_registered:
+                # A pipe at EOF stays readable; only the exit is left to wait for.
+                poller.unregister(attempt.ready_fd)
+                ready_registered = False
+            # Round up, so a deadline a fraction of a millisecond away does not spin.
+            poller.poll(int(self._wait_timeout(attempt) * 1000) + 1)
+
+    async def _wait_async(self, attempt: _Attempt) -> str:
+        loop = asyncio.get_running_loop()
+        exit_future: asyncio.Future[None] = loop.create_future()
+        with self._lock:
+            self._exit_waiters.append((loop, exit_future))
+            if self._exit_event.is_set() and not exit_future.done():
+                exit_future.set_result(None)
+
+        try:
+            while True:
+                outcome = self._check_attempt(attempt)
+                if outcome is not None:
+                    return outcome
+                await self._wait_readable(loop, attempt, exit_future)
+        finally:
+            with self._lock:
+                if (loop, exit_future) in self._exit_waiters:
+                    self._exit_waiters.remove((loop, exit_future))
+
+    async def _wait_readable(
+        self, loop: asyncio.AbstractEventLoop, attempt: _Attempt, exit_future: asyncio.Future[None]
+    ) -> None:
+        wakeup: asyncio.Future[None] = loop.create_future()
+
+        def wake() -> None:
+            if not wakeup.done():
+                wakeup.set_result(None)
+
+        watched = [] if attempt.ready_eof else [attempt.ready_fd]
+        if attempt.pidfd is not None:
+            watched.append(attempt.pidfd)
+        for fd in watched:
+            loop.add_reader(fd, wake)
+        try:
+            await asyncio.wait(
+                {wakeup, exit_future}, timeout=self._wait_timeout(attempt), return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            for fd in watched:
+                loop.remove_reader(fd)
+            wakeup.cancel()
+
+    def _end_attempt(self, attempt: _Attempt, *, kill: bool) -> None:
+        """Kill (if asked) and reap the new generation, close its pipes, and allow the next upgrade."""
+        if kill and attempt.status is None:
+            try:
+                os.kill(attempt.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            try:
+                _, wait_status = os.waitpid(attempt.pid, 0)
+                attempt.status = os.waitstatus_to_exitcode(wait_status)
+            except ChildProcessError:
+                pass
+
+        _close_quietly(attempt.ready_fd)
+        _close_quietly(attempt.parent_fd)
+        _close_quietly(attempt.pidfd)
+        with self._lock:
+            self._attempt = None
+            self._upgrading = False
+
+    def _finish_upgrade(self, attempt: _Attempt, outcome: str) -> int:
+        elapsed = time.monotonic() - attempt.started
+
+        if outcome == "ready":
+            _close_quietly(attempt.ready_fd)
+            _close_quietly(attempt.pidfd)
+            with self._lock:
+                self._attempt = None
+                self._upgrading = False
+                # The child reads EOF on its end of this pipe once this process exits.
+                self._handover_fd = attempt.parent_fd
+                self._successor = attempt.pid
+                if self._state != _STOPPED:
+                    self._state = _HANDED_OVER
+            self._signal_exit()
+            _send_notification(notify.main_pid, attempt.pid)
+            log.info(
+                "upgrade done: generation PID %d is ready after %.3f s; PID %d should now exit",
+                attempt.pid,
+                elapsed,
+                os.getpid(),
+            )
+            return attempt.pid
+
+        self._end_attempt(attempt, kill=outcome in ("timeout", "stopped"))
+        _send_notification(notify.ready)
+        if outcome == "timeout":
+            message = (
+                f"new generation PID {attempt.pid} was not ready within upgrade_timeout="
+                f"{self._upgrade_timeout:g} s and was killed"
+            )
+        elif outcome == "stopped":
+            message = f"stop() was called during the upgrade; new generation PID {attempt.pid} was killed"
+        else:
+            message = (
+                f"new generation PID {attempt.pid} {_describe_status(attempt.status)} "
+                f"after {elapsed:.3f} s, before it called ready()"
+            )
+        log.warning("upgrade failed: %s; PID %d keeps serving", message, os.getpid())
+        raise UpgradeError(message, pid=attempt.pid, status=attempt.status)
+
+    # Exit and parent bookkeeping.
+
+    def _signal_exit(self) -> None:
+        with self._lock:
+            if self._exit_event.is_set():
+                return
+            self._exit_event.set()
+            os.write(self._exit_write_fd, b"x")
+            waiters, self._exit_waiters = self._exit_waiters, []
+
+        for loop, future in waiters:
+            try:
+                loop.call_soon_threadsafe(_resolve_future, future)
+            except RuntimeError:
+                # The loop was closed; nothing awaits the future any more.
+                pass
+
+    def _poll_parent_gone(self) -> bool:
+        if self._parent_pipe is None:
+            return True
+        poller = select.poll()
+        poller.register(self._parent_pipe.fileno(), select.POLLIN)
+        if poller.poll(0):
+            self._parent_gone = True
+        return self._parent_gone
+
+    def _mark_parent_gone(self) -> None:
+        with self._lock:
+            if not self._parent_gone:
+                self._parent_gone = True
+                log.info("previous generation PID %s has exited", self._parent_pid)
+
+
+def _resolve_future(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

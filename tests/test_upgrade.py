@@ -1,0 +1,439 @@
+"""Supervised upgrades with fdpass.Upgrader, with real generations of a server on loopback.
+
+Every generation after the first is a child of the one before, not of the
+test. The `reaper` fixture makes the test process a child subreaper, so
+generations whose parent has exited are reparented here and can be reaped
+by PID at teardown.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import glob
+import json
+import os
+import pathlib
+import signal
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+from conftest import clean_environment
+
+PR_SET_CHILD_SUBREAPER = 36
+
+#: Seconds to wait for one event from the generations.
+EVENT_TIMEOUT = 20.0
+
+
+def child_pids() -> set[int]:
+    """Return the PIDs of this process's children, from /proc/self/task/*/children."""
+    pids: set[int] = set()
+    for path in glob.glob(f"/proc/{os.getpid()}/task/*/children"):
+        with open(path) as stream:
+            pids.update(int(pid) for pid in stream.read().split())
+    return pids
+
+
+def group_processes(pgid: int) -> list[str]:
+    """Describe every process in process group pgid: PID, state, wchan and command line."""
+    described = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stream:
+                fields = stream.read().rsplit(")", 1)[1].split()
+            if int(fields[2]) != pgid:
+                continue
+            with open(f"/proc/{entry}/wchan") as stream:
+                wchan = stream.read()
+            with open(f"/proc/{entry}/cmdline", "rb") as stream:
+                cmdline = stream.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        described.append(f"{entry} {fields[0]} {wchan} {cmdline[:120]}")
+    return described
+
+
+@pytest.fixture
+def reaper() -> Iterator[None]:
+    """Adopt orphaned generations, and reap every child left at teardown."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        pytest.skip(f"prctl(PR_SET_CHILD_SUBREAPER) failed: {os.strerror(ctypes.get_errno())}")
+    before = child_pids()
+    try:
+        yield
+    finally:
+        deadline = time.monotonic() + 10
+        for pid in child_pids() - before:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            while time.monotonic() < deadline:
+                try:
+                    if os.waitpid(pid, os.WNOHANG)[0]:
+                        break
+                except ChildProcessError:
+                    break
+                time.sleep(0.01)
+        libc.prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+
+
+def outcome_of(pid: int) -> Callable[[dict], bool]:
+    """Match the "upgraded" or "upgrade-failed" event of generation pid."""
+    return lambda event: event["pid"] == pid and event["event"] in ("upgraded", "upgrade-failed")
+
+
+class Generations:
+    """The first generation's Child, plus the JSON events that all generations write to its stdout."""
+
+    def __init__(self, child, address: object, control: pathlib.Path) -> None:
+        self.child = child
+        self.address = address
+        self.control = control
+        self.events: list[dict] = []
+        self.current = child.pid
+        self._unread: list[dict] = []
+
+    def set_control(self, **settings: object) -> None:
+        temporary = self.control.with_suffix(".tmp")
+        temporary.write_text(json.dumps(settings))
+        temporary.replace(self.control)
+
+    def wait_event(self, match: Callable[[dict], bool], what: str, timeout: float = EVENT_TIMEOUT) -> dict:
+        """Return the first event, seen or new, for which match() is true."""
+        for event in self._unread:
+            if match(event):
+                self._unread.remove(event)
+                return event
+
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"no {what} event within {timeout} s; events so far: {self.events}")
+            try:
+                event = self.child.read_json(timeout=remaining)
+            except (TimeoutError, EOFError) as error:
+                raise AssertionError(
+                    f"no {what} event: {error}; events so far: {self.events}; "
+                    f"processes in the group: {group_processes(self.child.pid)}"
+                ) from None
+            self.events.append(event)
+            if match(event):
+                return event
+            self._unread.append(event)
+
+    def upgrade(self) -> tuple[dict, dict]:
+        """Send SIGHUP to the current generation; return its "upgraded" event and the new "ready" one.
+
+        Waits until the old generation has exited, as the new one sees it.
+        """
+        old = self.current
+        os.kill(old, signal.SIGHUP)
+
+        upgraded = self.wait_event(outcome_of(old), "upgraded")
+        assert upgraded["event"] == "upgraded", upgraded
+        new = upgraded["new_pid"]
+        ready = self.wait_event(lambda e: e["pid"] == new and e["event"] == "ready", "ready")
+        self.wait_event(lambda e: e["pid"] == new and e["event"] == "parent-gone", "parent-gone")
+        self.current = new
+        return upgraded, ready
+
+    def failed_upgrade(self) -> dict:
+        """Send SIGHUP to the current generation and return its "upgrade-failed" event."""
+        old = self.current
+        os.kill(old, signal.SIGHUP)
+
+        event = self.wait_event(outcome_of(old), "outcome")
+        assert event["event"] == "upgrade-failed", event
+        return event
+
+    def request(self, text: str = "ping") -> str:
+        """Send one request on a new connection and return the response line."""
+        return send_request(self.address, text)
+
+
+def send_request(address: object, text: str, timeout: float = 10.0) -> str:
+    if isinstance(address, str):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        sock.connect(address)
+    else:
+        sock = socket.create_connection(address, timeout=timeout)
+    with sock:
+        sock.sendall(text.encode() + b"\n")
+        response = b""
+        while not response.endswith(b"\n"):
+            chunk = sock.recv(4096)
+            if not chunk:
+                raise ConnectionError(f"connection closed after {response!r}, before a full response to {text!r}")
+            response += chunk
+    return response.decode().rstrip("\n")
+
+
+class LoadClient:
+    """A thread that keeps opening connections and sending one request on each, until stopped."""
+
+    MAX_REQUESTS = 200_000
+    MAX_SECONDS = 50.0
+
+    def __init__(self, address: object) -> None:
+        self.address = address
+        self.answered: list[tuple[str, str]] = []
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        deadline = time.monotonic() + self.MAX_SECONDS
+        for number in range(self.MAX_REQUESTS):
+            if self._stop.is_set() or time.monotonic() > deadline:
+                return
+            text = f"request {number}"
+            try:
+                response = send_request(self.address, text)
+            except OSError as error:
+                self.errors.append(f"{text}: {error!r}")
+                continue
+            self.answered.append((text, response))
+
+    def __enter__(self) -> LoadClient:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join(20)
+
+
+@pytest.fixture
+def start_generations(reaper, children, tmp_path) -> Callable[..., Generations]:
+    """Start the first generation of tests/helpers/upgrade_server.py and wait until it is ready."""
+
+    def start(
+        *options: str, address: object = None, env: dict[str, str] | None = None, **control: object
+    ) -> Generations:
+        control_path = tmp_path / "control.json"
+        control_path.write_text(json.dumps(control))
+        if address is None:
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", 0))
+                address = ("127.0.0.1", probe.getsockname()[1])
+        text = address if isinstance(address, str) else f"{address[0]}:{address[1]}"
+
+        child = children.helper(
+            "upgrade_server.py", "--address", text, "--control", str(control_path), *options, env=env
+        )
+        generations = Generations(child, address, control_path)
+        generations.wait_event(lambda e: e["pid"] == child.pid and e["event"] == "ready", "first ready")
+        return generations
+
+    return start
+
+
+def test_upgrades_under_load_answer_every_request(start_generations, tmp_path):
+    """20 upgrades in a row while a client keeps connecting: no refusal, every request answered."""
+    pid_file = tmp_path / "server.pid"
+    generations = start_generations("--pid-file", str(pid_file))
+    pids = [generations.current]
+
+    with LoadClient(generations.address) as client:
+        for _ in range(20):
+            upgraded, ready = generations.upgrade()
+            pids.append(ready["pid"])
+
+            assert ready["has_parent"] is True
+            assert ready["parent_pid"] == upgraded["pid"]
+            assert ready["listen_pid"] == str(ready["pid"])
+            assert ready["state"] == upgraded["sent_state"]
+            assert pid_file.read_text() == f"{ready['pid']}\n"
+            assert generations.request().split()[0] == str(ready["pid"])
+
+    assert client.errors == []
+    assert len(client.answered) > 0
+    for text, response in client.answered:
+        pid, _, echoed = response.partition(" ")
+        assert echoed == text
+        assert int(pid) in pids
+    assert [e for e in generations.events if e["event"] == "warning"] == []
+
+
+def test_crash_and_hang_keep_parent_serving(start_generations):
+    """A child that crashes and one that never gets ready both fail; the parent serves on, then upgrades."""
+    generations = start_generations("--timeout", "2", startup="crash")
+    first = generations.current
+
+    with LoadClient(generations.address) as client:
+        crashed = generations.failed_upgrade()
+        assert crashed["status"] == 3
+        assert "exited with status 3" in crashed["error"]
+        assert generations.request().split()[0] == str(first)
+
+        generations.set_control(startup="hang")
+        hung = generations.failed_upgrade()
+        assert hung["status"] == -signal.SIGKILL
+        assert "not ready within upgrade_timeout=2 s" in hung["error"]
+        assert not os.path.exists(f"/proc/{hung['new_pid']}")
+        assert generations.request().split()[0] == str(first)
+
+        generations.set_control(startup="ok")
+        _, ready = generations.upgrade()
+        assert generations.request().split()[0] == str(ready["pid"])
+
+    assert client.errors == []
+    assert len(client.answered) > 0
+
+
+def test_unpassed_fds_never_reach_child(start_generations, tmp_path):
+    """An inheritable fd the old generation opened, and its private pipes, are not open in the new one."""
+    marker = tmp_path / "not-passed.txt"
+    marker.write_text("private")
+    generations = start_generations(extra_fd=str(marker))
+    first_ready = generations.events[0]
+    assert str(marker) in first_ready["fds"].values()
+
+    _, ready = generations.upgrade()
+
+    # 0, 1 and 2 are shared on purpose: every generation writes to the test's
+    # stdout pipe. Every epoll instance reads "anon_inode:[eventpoll]", so
+    # those targets name no particular file.
+    old_targets = {target for fd, target in first_ready["fds"].items() if int(fd) > 2 and "anon_inode" not in target}
+    new_targets = {target for fd, target in ready["fds"].items() if int(fd) > 2 and "anon_inode" not in target}
+    assert str(marker) not in new_targets
+    shared = old_targets & new_targets
+    assert len(shared) == 1
+    assert next(iter(shared)).startswith("socket:")
+    assert ready["listen_pid"] == str(ready["pid"])
+
+
+def test_busy_threads_upgrade_without_warning(start_generations):
+    """Upgrades from a program with four busy threads raise no warning and do not deadlock."""
+    generations = start_generations("--busy-threads", "4")
+
+    for _ in range(3):
+        upgraded, _ = generations.upgrade()
+        assert all(count > 0 for count in upgraded["busy"])
+
+    assert [e for e in generations.events if e["event"] == "warning"] == []
+
+
+def test_concurrent_upgrade_is_refused(start_generations):
+    """A second upgrade while one is running raises UpgradeError, and the first one completes."""
+    generations = start_generations(startup="slow", slow_seconds=1.0, double=True)
+    first = generations.current
+
+    os.kill(first, signal.SIGHUP)
+    outcomes = [
+        generations.wait_event(outcome_of(first), "outcome")
+        for _ in range(2)
+    ]
+
+    kinds = sorted(event["event"] for event in outcomes)
+    assert kinds == ["upgrade-failed", "upgraded"]
+    refused = next(event for event in outcomes if event["event"] == "upgrade-failed")
+    assert "already running" in refused["error"]
+    assert refused["new_pid"] is None
+
+
+def test_upgrade_refused_while_parent_alive(start_generations):
+    """The new generation cannot upgrade until the previous one has exited."""
+    generations = start_generations(linger=1.5)
+    first = generations.current
+    os.kill(first, signal.SIGHUP)
+    upgraded = generations.wait_event(lambda e: e["pid"] == first and e["event"] == "upgraded", "upgraded")
+    generations.wait_event(lambda e: e["pid"] == upgraded["new_pid"] and e["event"] == "ready", "ready")
+    generations.current = upgraded["new_pid"]
+
+    refused = generations.failed_upgrade()
+    assert f"previous generation (PID {first}) is still running" in refused["error"]
+
+    generations.set_control()
+    generations.wait_event(lambda e: e["pid"] == generations.current and e["event"] == "parent-gone", "parent-gone")
+    _, ready = generations.upgrade()
+    assert ready["parent_pid"] == upgraded["new_pid"]
+
+
+def test_unix_socket_path_survives_upgrades(start_generations, tmp_path):
+    """The socket file stays in place across upgrades, and the new generation answers on it."""
+    path = str(tmp_path / "server.sock")
+    generations = start_generations(address=path)
+
+    for _ in range(2):
+        _, ready = generations.upgrade()
+        assert os.path.exists(path)
+        assert generations.request().split()[0] == str(ready["pid"])
+
+
+def test_blocking_listener_stays_blocking(start_generations):
+    """A listener the old generation left blocking arrives blocking; a non-blocking one arrives non-blocking."""
+    generations = start_generations(nonblocking=False)
+    assert generations.events[0]["initial_blocking"] is True
+
+    _, ready = generations.upgrade()
+    assert ready["initial_blocking"] is True
+
+    generations.set_control(nonblocking=True)
+    _, ready = generations.upgrade()
+    assert ready["initial_blocking"] is True
+    _, ready = generations.upgrade()
+    assert ready["initial_blocking"] is False
+
+
+def test_asyncio_variants_upgrade_and_time_out(start_generations):
+    """upgrade_async(), wait_exit_async() and wait_for_parent_async() drive the same outcomes."""
+    generations = start_generations("--asyncio", "--timeout", "1.0")
+    first = generations.current
+
+    with LoadClient(generations.address) as client:
+        _, ready = generations.upgrade()
+        assert ready["parent_pid"] == first
+
+        generations.set_control(startup="hang")
+        hung = generations.failed_upgrade()
+        assert "not ready within upgrade_timeout=1 s" in hung["error"]
+
+        generations.set_control()
+        _, ready = generations.upgrade()
+        assert generations.request().split()[0] == str(ready["pid"])
+
+    assert client.errors == []
+
+
+def receive_with_sender(sock: socket.socket) -> tuple[str, int]:
+    """Return one datagram and the sender's PID from SCM_CREDENTIALS."""
+    data, ancillary, _, _ = sock.recvmsg(4096, socket.CMSG_SPACE(struct.calcsize("3i")))
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+            pid, _, _ = struct.unpack("3i", payload[: struct.calcsize("3i")])
+            return data.decode(), pid
+    raise AssertionError(f"datagram {data!r} came without SCM_CREDENTIALS")
+
+
+def test_upgrade_notifies_service_manager(start_generations):
+    """READY=1 at start, RELOADING=1 during the upgrade, MAINPID= from the old generation at hand-over."""
+    name = f"fdpass-test-upgrade-notify-{os.getpid()}-{os.urandom(4).hex()}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as manager:
+        manager.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        manager.bind(b"\0" + name.encode())
+        manager.settimeout(EVENT_TIMEOUT)
+
+        generations = start_generations(env=clean_environment({"NOTIFY_SOCKET": "@" + name}))
+        first = generations.current
+        started = receive_with_sender(manager)
+        _, ready = generations.upgrade()
+        reloading = receive_with_sender(manager)
+        handed_over = receive_with_sender(manager)
+
+    assert started == ("READY=1\n", first)
+    reload_lines = reloading[0].splitlines()
+    assert reloading[1] == first
+    assert reload_lines[0] == "RELOADING=1"
+    assert reload_lines[1].startswith("MONOTONIC_USEC=")
+    assert handed_over == (f"MAINPID={ready['pid']}\nREADY=1\n", first)

@@ -1,0 +1,191 @@
+"""fdpass.Upgrader in the test process itself: argument checks, states that refuse an upgrade, state handoff."""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import glob
+import os
+import socket
+import threading
+
+import pytest
+
+import fdpass
+from fdpass import _native, rebuild, state, upgrade
+
+
+def child_pids() -> set[int]:
+    pids: set[int] = set()
+    for path in glob.glob(f"/proc/{os.getpid()}/task/*/children"):
+        with open(path) as stream:
+            pids.update(int(pid) for pid in stream.read().split())
+    return pids
+
+
+@pytest.mark.parametrize("timeout", [0, -1, float("inf"), float("nan")])
+def test_upgrader_rejects_bad_timeout(timeout):
+    """A timeout that is not a positive, finite number of seconds raises ValueError naming it."""
+    with pytest.raises(ValueError, match="upgrade_timeout"):
+        fdpass.Upgrader(upgrade_timeout=timeout)
+
+
+def test_upgrader_rejects_bad_types():
+    """A non-numeric timeout or a non-path pid_file raises TypeError."""
+    with pytest.raises(TypeError, match="upgrade_timeout"):
+        fdpass.Upgrader(upgrade_timeout="5")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="pid_file"):
+        fdpass.Upgrader(pid_file=3)  # type: ignore[arg-type]
+
+
+def test_upgrade_before_ready_starts_nothing():
+    """upgrade() before ready() raises UpgradeError and starts no process."""
+    before = child_pids()
+
+    with fdpass.Upgrader() as upgrader:
+        with pytest.raises(fdpass.UpgradeError, match="ready\\(\\)") as caught:
+            upgrader.upgrade()
+
+    assert caught.value.pid is None
+    assert child_pids() == before
+
+
+def test_first_generation_has_no_parent():
+    """A process that no upgrade started has no parent to wait for."""
+    with fdpass.Upgrader() as upgrader:
+        assert upgrader.has_parent is False
+        assert upgrader.parent_pid is None
+        assert upgrader.wait_for_parent(timeout=0) is True
+
+
+def test_ready_writes_pid_file_atomically(tmp_path):
+    """ready() writes this PID and leaves no temporary file next to the PID file."""
+    pid_file = tmp_path / "run" / "server.pid"
+    pid_file.parent.mkdir()
+    pid_file.write_text("stale\n")
+
+    with fdpass.Upgrader(pid_file=pid_file) as upgrader:
+        upgrader.ready()
+        upgrader.ready()
+
+    assert pid_file.read_text() == f"{os.getpid()}\n"
+    assert sorted(path.name for path in pid_file.parent.iterdir()) == ["server.pid"]
+
+
+def test_second_upgrader_rejected_until_stop():
+    """Only one Upgrader may be active in a process; stop() frees the slot."""
+    first = fdpass.Upgrader()
+    try:
+        with pytest.raises(fdpass.UpgradeError, match="another Upgrader"):
+            fdpass.Upgrader()
+    finally:
+        first.stop()
+
+    second = fdpass.Upgrader()
+    second.stop()
+
+
+def test_stop_ends_wait_exit_and_upgrades():
+    """After stop(), wait_exit() returns True and upgrade() and ready() raise."""
+    upgrader = fdpass.Upgrader()
+    upgrader.ready()
+    assert upgrader.wait_exit(timeout=0) is False
+
+    upgrader.stop()
+
+    assert upgrader.wait_exit(timeout=0) is True
+    with pytest.raises(fdpass.UpgradeError, match="stop"):
+        upgrader.upgrade()
+
+
+def test_ready_after_stop_raises():
+    """A generation that stopped before ready() cannot become ready."""
+    upgrader = fdpass.Upgrader()
+    upgrader.stop()
+
+    with pytest.raises(fdpass.UpgradeError, match="after stop"):
+        upgrader.ready()
+
+
+def test_wait_exit_async_wakes_on_stop_from_thread():
+    """wait_exit_async() returns once another thread calls stop()."""
+    upgrader = fdpass.Upgrader()
+
+    async def main() -> None:
+        waiter = asyncio.ensure_future(upgrader.wait_exit_async())
+        await asyncio.sleep(0)
+        threading.Thread(target=upgrader.stop).start()
+        await asyncio.wait_for(waiter, 10)
+
+    try:
+        asyncio.run(main())
+    finally:
+        upgrader.stop()
+    assert upgrader.wait_exit(timeout=0) is True
+
+
+def test_listen_rejects_reserved_name():
+    """The fd names fdpass uses for its own pipes cannot name a listener."""
+    with fdpass.Upgrader() as upgrader:
+        for name in (upgrade.READY_FD_NAME, upgrade.PARENT_FD_NAME, state.STATE_FD_NAME):
+            with pytest.raises(ValueError, match="reserved"):
+                upgrader.listen(("127.0.0.1", 0), name=name)
+
+
+def test_upgrade_rejects_bad_state_before_spawning():
+    """A state that is not bytes raises TypeError and starts no process."""
+    before = child_pids()
+
+    with fdpass.Upgrader() as upgrader:
+        upgrader.ready()
+        with pytest.raises(TypeError, match="state"):
+            upgrader.upgrade(state="text")  # type: ignore[arg-type]
+
+    assert child_pids() == before
+
+
+def test_state_fd_is_sealed_and_readable():
+    """The state memfd returns the written bytes and refuses further writes."""
+    fd = state.create_state_fd(b"hello state")
+    try:
+        assert state.read_state_fd(fd) == b"hello state"
+        assert os.get_inheritable(fd) is False
+        with pytest.raises(PermissionError):
+            os.pwrite(fd, b"x", 0)
+    finally:
+        os.close(fd)
+
+
+def test_reexec_passes_large_state(children):
+    """reexec(state=...) hands 3 MiB, more than the environment could hold, to the new run."""
+    child = children.helper("reexec_state.py")
+
+    first = child.read_json()
+    second = child.read_json()
+    status, _, stderr = child.finish()
+
+    assert status == 0, stderr
+    assert second["pid"] == first["pid"]
+    assert second["length"] == 3 * 1024 * 1024
+    assert second["sha256"] == first["sha256"]
+    assert second["same_again"] is True
+    assert second["names"] == [state.STATE_FD_NAME]
+
+
+@pytest.mark.parametrize("nonblocking", [False, True])
+def test_rebuilt_socket_keeps_blocking_mode(nonblocking):
+    """With socket.setdefaulttimeout() set, a rebuilt socket reports, and keeps, the fd's own O_NONBLOCK."""
+    a, b = socket.socketpair()
+    a.setblocking(not nonblocking)
+    copy = os.dup(a.fileno())
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(5.0)
+    try:
+        rebuilt = rebuild.rebuild(_native.inspect([copy])[0])
+    finally:
+        socket.setdefaulttimeout(previous)
+
+    with a, b, rebuilt:
+        flags = fcntl.fcntl(a.fileno(), fcntl.F_GETFL)
+        assert bool(flags & os.O_NONBLOCK) is nonblocking
+        assert rebuilt.gettimeout() == (0.0 if nonblocking else None)
