@@ -17,7 +17,26 @@ if not sys.platform.startswith("linux"):
 from fdpass.protocol import ListenEnv
 from fdpass.rebuild import Description
 from fdpass.restart import Inherited, flush_output, inherit, inherited_state, listen, listeners, reexec
-from fdpass.upgrade import UpgradeError, Upgrader
+
+# Upgrader and UpgradeError load fdpass.upgrade on first use (PEP 562), so a
+# program that only restarts in place does not pay for importing it.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from fdpass.upgrade import UpgradeError, Upgrader
+
+_UPGRADE_NAMES = ("UpgradeError", "Upgrader")
+
+
+def __getattr__(name: str) -> object:
+    if name not in _UPGRADE_NAMES:
+        raise AttributeError(f"module 'fdpass' has no attribute {name!r}")
+
+    from fdpass import upgrade
+
+    value = getattr(upgrade, name)
+    globals()[name] = value
+    return value
+
 
 __version__ = "0.1.0"
 

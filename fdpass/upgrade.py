@@ -20,25 +20,27 @@ Three fds travel with the sockets, under reserved LISTEN_FDNAMES names:
 
 from __future__ import annotations
 
-import asyncio
 import errno as errno_module
-import logging
 import os
 import select
 import signal
 import socket
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import IO, Any
 
-from fdpass import _native, command, notify, protocol, restart
+from fdpass import _log, _native, _socket_env, command, notify, protocol, restart
 from fdpass import state as state_module
-from fdpass.addresses import Address
 
-log = logging.getLogger("fdpass")
+# asyncio, typing and logging cost milliseconds to import, and the new
+# generation imports this module on its way to ready(), so they are imported
+# only for type checking or in the functions that need them.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import asyncio
+    from typing import IO, Any
+
+    from fdpass.addresses import Address
 
 #: LISTEN_FDNAMES name of the pipe that the new generation signals readiness on.
 READY_FD_NAME = "fdpass-ready"
@@ -78,18 +80,18 @@ class UpgradeError(Exception):
         self.status = status
 
 
-@dataclass
 class _Attempt:
     """One running upgrade: the new generation and the parent's ends of its pipes."""
 
-    pid: int
-    ready_fd: int       # read end of the readiness pipe, O_NONBLOCK
-    parent_fd: int      # write end of the parent pipe; open until this process exits
-    pidfd: int | None   # os.pidfd_open(pid), or None without pidfd support
-    started: float
-    deadline: float
-    ready_eof: bool = False
-    status: int | None = None
+    def __init__(self, pid: int, ready_fd: int, parent_fd: int, pidfd: int | None, started: float, deadline: float):
+        self.pid = pid
+        self.ready_fd = ready_fd  # read end of the readiness pipe, O_NONBLOCK
+        self.parent_fd = parent_fd  # write end of the parent pipe; open until this process exits
+        self.pidfd = pidfd  # os.pidfd_open(pid), or None without pidfd support
+        self.started = started
+        self.deadline = deadline
+        self.ready_eof = False
+        self.status: int | None = None
 
 
 def _describe_status(status: int | None) -> str:
@@ -110,11 +112,12 @@ def write_pid_file(path: str, pid: int) -> None:
     A reader sees either the old content or the new one, never a partial
     write.
     """
-    directory = os.path.dirname(path) or "."
-    fd, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    directory, name = os.path.split(path)
+    # The PID and random bytes keep concurrent writers from sharing a name.
+    temporary = os.path.join(directory, f".{name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
     try:
         os.write(fd, f"{pid}\n".encode())
-        os.fchmod(fd, 0o644)
         os.close(fd)
         fd = -1
         os.replace(temporary, path)
@@ -129,7 +132,7 @@ def _send_notification(send: Callable[..., bool], *args: Any) -> None:
     try:
         send(*args)
     except (OSError, ValueError) as error:
-        log.warning("sd_notify to %s failed: %s", os.environ.get(notify.NOTIFY_SOCKET), error)
+        _log.warning("sd_notify to %s failed: %s", os.environ.get(notify.NOTIFY_SOCKET), error)
 
 
 def _pidfd_open(pid: int) -> int | None:
@@ -139,7 +142,7 @@ def _pidfd_open(pid: int) -> int | None:
     try:
         fd: int = pidfd_open(pid)
     except OSError as error:
-        log.debug("pidfd_open(%d) failed (%s); polling waitpid() instead", pid, error)
+        _log.debug("pidfd_open(%d) failed (%s); polling waitpid() instead", pid, error)
         return None
     return fd
 
@@ -296,15 +299,15 @@ class Upgrader:
 
         if ready_pipe is None:
             _send_notification(notify.ready)
-            log.info("generation PID %d is ready", os.getpid())
+            _log.info("generation PID %d is ready", os.getpid())
             return
 
         try:
             os.write(ready_pipe.fileno(), f"{os.getpid()}\n".encode())
         except BrokenPipeError:
-            log.warning("generation PID %d is ready, but its parent PID %s is gone", os.getpid(), self._parent_pid)
+            _log.warning("generation PID %d is ready, but its parent PID %s is gone", os.getpid(), self._parent_pid)
         else:
-            log.info("generation PID %d is ready and notified its parent PID %s", os.getpid(), self._parent_pid)
+            _log.info("generation PID %d is ready and notified its parent PID %s", os.getpid(), self._parent_pid)
         finally:
             ready_pipe.close()
 
@@ -377,6 +380,8 @@ class Upgrader:
 
     async def wait_exit_async(self) -> None:
         """Wait, without blocking the event loop, until this generation should exit."""
+        import asyncio
+
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
         with self._lock:
@@ -425,6 +430,8 @@ class Upgrader:
             # A private copy, so concurrent waiters each get their own add_reader() slot.
             fd = os.dup(self._parent_pipe.fileno())
 
+        import asyncio
+
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
         loop.add_reader(fd, _resolve_future, future)
@@ -457,7 +464,7 @@ class Upgrader:
         with _active_lock:
             if _active is self:
                 _active = None
-        log.info("generation PID %d stopped taking part in upgrades", os.getpid())
+        _log.info("generation PID %d stopped taking part in upgrades", os.getpid())
 
     # The steps of an upgrade.
 
@@ -482,7 +489,8 @@ class Upgrader:
         state_bytes = None if state is None else state_module.to_bytes(state)
         if fds is not None and not isinstance(fds, Mapping):
             raise TypeError(f"fds must be a mapping from name to fd, not {type(fds).__name__}")
-        extra_numbers, extra_names, extra_labels = restart._resolve_fds(fds or {})
+        _, extra_numbers, extra_names, extra_label = restart._resolve_fds(fds or {})
+        extra_labels = [extra_label(index) for index in range(len(extra_numbers))]
         for name in extra_names:
             if name in _RESERVED_NAMES:
                 raise ValueError(f"the fd name {name!r} is reserved for fdpass itself; pick another name")
@@ -513,6 +521,7 @@ class Upgrader:
         labels = [f"listener {name!r} ({sock!r})" for name, sock in listeners] + extra_labels
 
         environ = dict(os.environ)
+        environ.pop(_socket_env.VARIABLE, None)
         start = command.current(environ)
         environ.update(start.env_updates)
         path = os.fsencode(start.executable)
@@ -549,7 +558,7 @@ class Upgrader:
         except OSError as error:
             _close_quietly(ready_read)
             _close_quietly(parent_write)
-            log.warning("upgrade failed: could not start %s: %s", start.executable, error)
+            _log.warning("upgrade failed: could not start %s: %s", start.executable, error)
             raise UpgradeError(f"could not start the new generation ({start.executable}): {error}") from error
         except BaseException:
             _close_quietly(ready_read)
@@ -561,7 +570,7 @@ class Upgrader:
             _close_quietly(state_fd)
 
         os.set_blocking(ready_read, False)
-        log.info(
+        _log.info(
             "upgrade started: generation PID %d with %d fds (%s)",
             pid,
             len(passed),
@@ -629,6 +638,8 @@ class Upgrader:
             poller.poll(int(self._wait_timeout(attempt) * 1000) + 1)
 
     async def _wait_async(self, attempt: _Attempt) -> str:
+        import asyncio
+
         loop = asyncio.get_running_loop()
         exit_future: asyncio.Future[None] = loop.create_future()
         with self._lock:
@@ -650,6 +661,8 @@ class Upgrader:
     async def _wait_readable(
         self, loop: asyncio.AbstractEventLoop, attempt: _Attempt, exit_future: asyncio.Future[None]
     ) -> None:
+        import asyncio
+
         wakeup: asyncio.Future[None] = loop.create_future()
 
         def wake() -> None:
@@ -706,7 +719,7 @@ class Upgrader:
                     self._state = _HANDED_OVER
             self._signal_exit()
             _send_notification(notify.main_pid, attempt.pid)
-            log.info(
+            _log.info(
                 "upgrade done: generation PID %d is ready after %.3f s; PID %d should now exit",
                 attempt.pid,
                 elapsed,
@@ -728,7 +741,7 @@ class Upgrader:
                 f"new generation PID {attempt.pid} {_describe_status(attempt.status)} "
                 f"after {elapsed:.3f} s, before it called ready()"
             )
-        log.warning("upgrade failed: %s; PID %d keeps serving", message, os.getpid())
+        _log.warning("upgrade failed: %s; PID %d keeps serving", message, os.getpid())
         raise UpgradeError(message, pid=attempt.pid, status=attempt.status)
 
     # Exit and parent bookkeeping.
@@ -761,7 +774,7 @@ class Upgrader:
         with self._lock:
             if not self._parent_gone:
                 self._parent_gone = True
-                log.info("previous generation PID %s has exited", self._parent_pid)
+                _log.info("previous generation PID %s has exited", self._parent_pid)
 
 
 def _resolve_future(future: asyncio.Future[None]) -> None:
