@@ -202,8 +202,12 @@ class ChildProcesses:
     def end_all(self) -> None:
         for child in reversed(self._children):
             child.kill()
-            if child.popen.stdout is not None:
-                child.popen.stdout.close()
+            for stream in (child.popen.stdin, child.popen.stdout):
+                if stream is not None:
+                    try:
+                        stream.close()
+                    except BrokenPipeError:
+                        pass  # stdin still held unwritten bytes for a child that is gone
             child._stderr_file.close()
         self._children.clear()
 
