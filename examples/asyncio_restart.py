@@ -8,8 +8,8 @@ same process, on the same listening socket:
     kill -HUP %1
     curl http://127.0.0.1:8000/        # 12345.2: same PID, second run
 
-Each answer is "PID.RUN". SIGTERM stops the server after its open
-connections are answered.
+Each response body is "PID.RUN". SIGTERM stops the server once every open
+connection has its response.
 """
 
 import asyncio
@@ -38,7 +38,7 @@ async def handle(reader, writer):
 
 
 async def serve(listener):
-    """Serve until SIGHUP or SIGTERM; return "restart" or "exit" once every connection is answered."""
+    """Serve until SIGHUP or SIGTERM; return "restart" or "exit" once every open connection has its response."""
     loop = asyncio.get_running_loop()
 
     # Server.close() closes the socket it serves, so asyncio gets a copy and

@@ -167,3 +167,15 @@ def test_documented_units_run_under_socket_activation(children, tmp_path, seen_g
             assert group_is_gone(pgid)
     finally:
         manager.close()
+
+
+def test_docs_show_the_tested_units():
+    """docs/systemd.md shows the unit files that this module runs, line for line."""
+    docs = pathlib.Path(__file__).resolve().parents[1] / "docs" / "systemd.md"
+    if not docs.exists():
+        pytest.skip("docs/ is not next to tests/ here")
+    text = docs.read_text()
+
+    for name in ("fdpass-app.socket", "fdpass-app.service"):
+        unit = (UNITS / name).read_text()
+        assert f"`{name}`:\n\n```ini\n{unit}```" in text, f"docs/systemd.md shows another {name}"
