@@ -609,11 +609,11 @@ int fdpass_inspect(const int *fds, int nfds, struct fdpass_fdinfo *out)
 }
 
 /*
- * Fill only fd, error, fd_flags and status_flags of out[i], with F_GETFD and
- * F_GETFL, for a caller that knows the rest, and set mode, family, type and
- * protocol to -1. Neither call reads the socket itself, so this costs a
- * fraction of fdpass_inspect() per fd. A closed fd gets out[i].error = EBADF;
- * the call still succeeds. Changes nothing. Async-signal-safe.
+ * Fill only fd, error and fd_flags of out[i], with F_GETFD, for a caller that
+ * knows the rest, and set status_flags, mode, family, type and protocol to
+ * -1. F_GETFD reads only the fd table, so this costs a fraction of
+ * fdpass_inspect() per fd. A closed fd gets out[i].error = EBADF; the call
+ * still succeeds. Changes nothing. Async-signal-safe.
  */
 int fdpass_inspect_flags(const int *fds, int nfds, struct fdpass_fdinfo *out)
 {
@@ -633,9 +633,9 @@ int fdpass_inspect_flags(const int *fds, int nfds, struct fdpass_fdinfo *out)
         info->family = info->type = info->protocol = -1;
         info->listening = 0;
 
+        info->status_flags = -1;
         info->fd_flags = fds[i] < 0 ? -1 : fcntl(fds[i], F_GETFD);
-        info->status_flags = info->fd_flags == -1 ? -1 : fcntl(fds[i], F_GETFL);
-        if (info->fd_flags == -1 || info->status_flags == -1)
+        if (info->fd_flags == -1)
             info->error = fds[i] < 0 ? EBADF : errno;
     }
 

@@ -149,8 +149,8 @@ def inspect_columns(fds: Sequence[int], flags_only: bool = False) -> dict[str, l
     """Describe each fd with fdpass_inspect(); return one list per FDINFO_FIELDS name.
 
     Column i of every list belongs to fds[i], and a closed fd gets error=EBADF.
-    With flags_only, fdpass_inspect_flags() fills only the fd, error,
-    fd_flags and status_flags columns, and the others are -1 or 0. The C
+    With flags_only, fdpass_inspect_flags() fills only the fd, error and
+    fd_flags columns, and the others are -1 or 0. The C
     array is copied into Python ints in one step, with no Python work per fd,
     so this stays fast for thousands of fds.
     """

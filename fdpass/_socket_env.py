@@ -8,16 +8,20 @@ only when it names this process and the fd count of LISTEN_FDS. Otherwise it
 reads the same facts from the kernel.
 
 Format: ``<pid>:<count>:<run>,<run>,...``, where each run is
-``<family>.<type>.<protocol>*<repeat>`` for consecutive fds that share all three.
+``<family>.<type>.<protocol>.<nonblocking>*<repeat>`` for consecutive fds
+that share all four. nonblocking is 1 for a socket with a timeout, which
+CPython implements with O_NONBLOCK, and 0 otherwise.
 
 NOTE: inherit() checks each fd's family (the socket constructor reads it
-anyway) but takes the type and protocol from the variable as written.
+anyway) but takes the type, protocol and blocking mode as written, so an
+O_NONBLOCK changed behind the socket object's back is not seen.
 """
 
 from __future__ import annotations
 
 import _socket
 import itertools
+import operator
 import socket
 from collections.abc import Mapping, Sequence
 
@@ -28,6 +32,7 @@ VARIABLE = "FDPASS_SOCKETS"
 _FAMILY = _socket.socket.__dict__["family"]
 _TYPE = _socket.socket.__dict__["type"]
 _PROTOCOL = _socket.socket.__dict__["proto"]
+_TIMEOUT = _socket.socket.__dict__["timeout"]
 
 
 # The SO_PROTOCOL value of a socket created with protocol 0, which
@@ -50,20 +55,23 @@ def encode(items: Sequence[object], pid: int) -> str | None:
         return None
 
     families = map(_FAMILY.__get__, items)
-    triples = zip(families, map(_TYPE.__get__, items), map(_PROTOCOL.__get__, items), strict=True)
+    nonblocking = map(operator.is_not, map(_TIMEOUT.__get__, items), itertools.repeat(None))
+    facts = zip(families, map(_TYPE.__get__, items), map(_PROTOCOL.__get__, items), nonblocking, strict=False)
     runs = []
-    for (family, sock_type, protocol), group in itertools.groupby(triples):
+    for (family, sock_type, protocol, is_nonblocking), group in itertools.groupby(facts):
         if protocol == 0 and family != socket.AF_UNIX:
             protocol = _DEFAULT_PROTOCOLS.get((family, sock_type), 0)
             if protocol == 0:
                 return None
-        runs.append(f"{family}.{sock_type}.{protocol}*{sum(1 for _ in group)}")
+        runs.append(f"{family}.{sock_type}.{protocol}.{int(is_nonblocking)}*{len(list(group))}")
 
     return f"{pid}:{len(items)}:{','.join(runs)}"
 
 
-def decode(environ: Mapping[str, str], pid: int, count: int) -> tuple[list[int], list[int], list[int]] | None:
-    """Return (families, types, protocols) for count fds passed to pid, or None.
+def decode(
+    environ: Mapping[str, str], pid: int, count: int
+) -> tuple[list[int], list[int], list[int], list[bool]] | None:
+    """Return (families, types, protocols, nonblocking) for count fds passed to pid, or None.
 
     None means the variable is missing, malformed, or written for another
     process or fd count, so the caller must ask the kernel.
@@ -79,18 +87,20 @@ def decode(environ: Mapping[str, str], pid: int, count: int) -> tuple[list[int],
         families: list[int] = []
         types: list[int] = []
         protocols: list[int] = []
+        nonblocking: list[bool] = []
         for run in runs_text.split(","):
             spec, repeat_text = run.split("*")
-            family, sock_type, protocol = (int(part) for part in spec.split("."))
+            family, sock_type, protocol, nonblocking_flag = (int(part) for part in spec.split("."))
             repeat = int(repeat_text)
-            if repeat < 1 or len(families) + repeat > count:
+            if repeat < 1 or len(families) + repeat > count or nonblocking_flag not in (0, 1):
                 return None
             families += [family] * repeat
             types += [sock_type] * repeat
             protocols += [protocol] * repeat
+            nonblocking += [bool(nonblocking_flag)] * repeat
     except ValueError:
         return None
 
     if len(families) != count:
         return None
-    return families, types, protocols
+    return families, types, protocols, nonblocking

@@ -109,7 +109,7 @@ def encode(names: Iterable[str], pid: int) -> dict[str, str]:
     """
     checked = list(names)
     # Check each distinct name once: thousands of fds usually share a few names.
-    distinct = dict.fromkeys(checked) if all(type(name) is str for name in checked) else checked
+    distinct = dict.fromkeys(checked) if set(map(type, checked)) <= {str} else checked
     for name in distinct:
         validate_name(name)
     if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:

@@ -195,11 +195,12 @@ def rebuild_columns(columns: Mapping[str, list[int]]) -> list[FdObject]:
 
 def rebuild_sockets(
     fds: Sequence[int], families: Sequence[int], types: Sequence[int], protocols: Sequence[int],
-    status_flags: Sequence[int],
+    nonblocking: Sequence[bool],
 ) -> list[socket.socket]:
     """Return a socket.socket for each fd, built from the type and protocol given for it.
 
-    O_NONBLOCK in status_flags[i] gives a non-blocking socket, as in rebuild().
+    nonblocking[i] gives a non-blocking socket (timeout 0.0), as O_NONBLOCK
+    does in rebuild().
     The constructor reads each fd's family with getsockname(), which it calls
     anyway, and that family must equal families[i]. The type and protocol are
     taken as given, which saves two system calls per fd.
@@ -209,11 +210,11 @@ def rebuild_sockets(
         ValueError: an fd's family differs from families[i].
         In both cases every socket built is detached, so no fd is closed.
     """
-    nonblocking = socket.SOCK_NONBLOCK
-    types = [
-        sock_type | nonblocking if flags & os.O_NONBLOCK else sock_type
-        for sock_type, flags in zip(types, status_flags, strict=True)
-    ]
+    if any(nonblocking):
+        types = [
+            sock_type | socket.SOCK_NONBLOCK if is_nonblocking else sock_type
+            for sock_type, is_nonblocking in zip(types, nonblocking, strict=True)
+        ]
 
     built: list[socket.socket] = []
     try:

@@ -210,20 +210,20 @@ def _set_cloexec(fds: Sequence[int]) -> None:
 
 
 def _adopt_described_sockets(
-    fds: Sequence[int], names: Sequence[str], specs: tuple[list[int], list[int], list[int]]
+    fds: Sequence[int], names: Sequence[str], specs: tuple[list[int], list[int], list[int], list[bool]]
 ) -> tuple[list[rebuild.FdObject], Callable[[], tuple[rebuild.Description, ...]]] | None:
     """Adopt sockets whose family, type and protocol FDPASS_SOCKETS gives; None if that does not match.
 
-    The kernel is asked only for the fd flags and status flags of each fd,
-    and the socket constructor for its family. None means an fd is not a
-    socket or has another family, and nothing was adopted.
+    The kernel is asked only for the fd flags of each fd, and the socket
+    constructor for its family. None means an fd is not a socket or has
+    another family, and nothing was adopted.
     """
-    families, types, protocols = specs
+    families, types, protocols, nonblocking = specs
     columns = _native.inspect_columns(fds, flags_only=True)
 
     _check_adoptable(columns, names)
     try:
-        sockets = rebuild.rebuild_sockets(fds, families, types, protocols, columns["status_flags"])
+        sockets = rebuild.rebuild_sockets(fds, families, types, protocols, nonblocking)
     except (OSError, ValueError) as error:
         _log.debug("%s does not match the passed fds (%s); asking the kernel", _socket_env.VARIABLE, error)
         return None
@@ -464,6 +464,8 @@ def flush_output() -> None:
 def _flush_passed(items: Sequence[object], label: Callable[[int], str]) -> None:
     # A file object's write buffer lives in this process's memory, which
     # execve discards, so flush it while the fd can still take the bytes.
+    if set(map(type, items)) <= {int, socket.socket}:
+        return
     for index, item in enumerate(items):
         if isinstance(item, (int, socket.socket)):
             continue

@@ -15,14 +15,16 @@ from test_inherit import launch, listen_env
 
 from fdpass import _socket_env
 
-UNIX_STREAM = f"{int(socket.AF_UNIX)}.{int(socket.SOCK_STREAM)}.0"
-INET_STREAM = f"{int(socket.AF_INET)}.{int(socket.SOCK_STREAM)}.0"
+UNIX_STREAM = f"{int(socket.AF_UNIX)}.{int(socket.SOCK_STREAM)}.0.0"
+INET_STREAM = f"{int(socket.AF_INET)}.{int(socket.SOCK_STREAM)}.0.0"
 
 
 def test_encode_runs_of_equal_sockets():
     """Consecutive sockets with the same family, type and protocol share one run."""
     sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(3)]
     sockets.append(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+    sockets.append(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+    sockets[-1].settimeout(2.5)
     try:
         value = _socket_env.encode(sockets, 1234)
     finally:
@@ -31,7 +33,7 @@ def test_encode_runs_of_equal_sockets():
 
     tcp = f"{int(socket.AF_INET)}.{int(socket.SOCK_STREAM)}.{socket.IPPROTO_TCP}"
     udp = f"{int(socket.AF_INET)}.{int(socket.SOCK_DGRAM)}.{socket.IPPROTO_UDP}"
-    assert value == f"1234:4:{tcp}*3,{udp}*1"
+    assert value == f"1234:5:{tcp}.0*3,{udp}.0*1,{udp}.1*1"
 
 
 def test_encode_needs_every_item_a_socket():
@@ -46,22 +48,23 @@ def test_encode_needs_every_item_a_socket():
 
 def test_decode_round_trip():
     """decode() expands the runs that encode() wrote."""
-    environ = {_socket_env.VARIABLE: "77:3:2.1.6*2,10.2.17*1"}
+    environ = {_socket_env.VARIABLE: "77:3:2.1.6.0*2,10.2.17.1*1"}
 
-    assert _socket_env.decode(environ, 77, 3) == ([2, 2, 10], [1, 1, 2], [6, 6, 17])
+    assert _socket_env.decode(environ, 77, 3) == ([2, 2, 10], [1, 1, 2], [6, 6, 17], [False, False, True])
 
 
 @pytest.mark.parametrize(
     "value, pid, count",
     [
         pytest.param(None, 77, 2, id="missing"),
-        pytest.param("78:2:2.1.6*2", 77, 2, id="other pid"),
-        pytest.param("77:3:2.1.6*3", 77, 2, id="other count"),
-        pytest.param("77:2:2.1.6*3", 77, 2, id="runs longer than count"),
-        pytest.param("77:2:2.1.6*1", 77, 2, id="runs shorter than count"),
-        pytest.param("77:2:2.1.6*0,2.1.6*2", 77, 2, id="empty run"),
-        pytest.param("77:2:2.1*2", 77, 2, id="two fields"),
-        pytest.param("77:2:x.1.6*2", 77, 2, id="not a number"),
+        pytest.param("78:2:2.1.6.0*2", 77, 2, id="other pid"),
+        pytest.param("77:3:2.1.6.0*3", 77, 2, id="other count"),
+        pytest.param("77:2:2.1.6.0*3", 77, 2, id="runs longer than count"),
+        pytest.param("77:2:2.1.6.0*1", 77, 2, id="runs shorter than count"),
+        pytest.param("77:2:2.1.6.0*0,2.1.6.0*2", 77, 2, id="empty run"),
+        pytest.param("77:2:2.1.6.2*2", 77, 2, id="blocking flag not 0 or 1"),
+        pytest.param("77:2:2.1.6*2", 77, 2, id="three fields"),
+        pytest.param("77:2:x.1.6.0*2", 77, 2, id="not a number"),
         pytest.param("77:2", 77, 2, id="no runs"),
     ],
 )
