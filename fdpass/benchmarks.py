@@ -112,10 +112,15 @@ def run_worker(mode: str, count: int, rounds: int, cwd: str) -> list[list[int]]:
 
 
 def measure_latency(results: Results, rounds: int, repeats: int, cwd: str) -> None:
-    """Collect rounds x repeats restarts for every mode and fd count, interleaved."""
-    for _ in range(repeats):
+    """Collect rounds x repeats restarts for every mode and fd count, interleaved.
+
+    The order of the modes rotates from one repeat to the next, so a change
+    in machine load does not always land on the same mode.
+    """
+    for repeat in range(repeats):
         for count in results.fd_counts:
-            for mode in LATENCY_MODES:
+            shift = repeat % len(LATENCY_MODES)
+            for mode in LATENCY_MODES[shift:] + LATENCY_MODES[:shift]:
                 samples = results.latency.setdefault((mode, count), [])
                 for t0, t_main, t_ready in run_worker(mode, count, rounds, cwd):
                     samples.append((t0, t_main, t_ready))
@@ -144,8 +149,8 @@ def measure_imports(results: Results, runs: int, cwd: str) -> None:
 
 def run(
     fd_counts: Sequence[int] = DEFAULT_FD_COUNTS,
-    rounds: int = 10,
-    repeats: int = 5,
+    rounds: int = 5,
+    repeats: int = 10,
     import_runs: int = 40,
     progress: Callable[[str], None] | None = None,
 ) -> Results:
@@ -411,8 +416,8 @@ def describe_machine() -> str:
 
 def main(
     fd_counts: Sequence[int] = DEFAULT_FD_COUNTS,
-    rounds: int = 10,
-    repeats: int = 5,
+    rounds: int = 5,
+    repeats: int = 10,
     import_runs: int = 40,
     plot_path: str = "",
 ) -> int:
