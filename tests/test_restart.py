@@ -107,3 +107,27 @@ def test_restart_with_broken_stdout(children, tmp_path):
 
     assert status == 0, child.stderr_text()
     assert marker.read_text() == str(child.pid)
+
+
+THREAD_PROGRAM = """
+import json, os, socket, sys, threading, fdpass
+inherited = fdpass.inherit()
+if "HELPER_RESTARTED" in os.environ:
+    print(json.dumps({"pid": os.getpid(), "threads": threading.active_count(), "names": list(inherited)}), flush=True)
+    sys.exit(0)
+listener = socket.create_server(("127.0.0.1", 0))
+def restart():
+    fdpass.reexec({"listener": listener}, env={**os.environ, "HELPER_RESTARTED": "1"})
+threading.Thread(target=restart).start()
+listener.accept()
+"""
+
+
+def test_reexec_from_worker_thread(children):
+    """reexec() called from a thread other than the main one replaces the whole process, same PID."""
+    child = children.python("-c", THREAD_PROGRAM)
+    report = child.read_json()
+    status, _, stderr = child.finish()
+
+    assert status == 0, stderr
+    assert report == {"pid": child.pid, "threads": 1, "names": ["listener"]}

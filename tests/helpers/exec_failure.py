@@ -42,7 +42,8 @@ def main() -> None:
     inherited = fdpass.inherit()
 
     if "HELPER_RESTARTED" in os.environ:
-        print(json.dumps({"run": "second", "pid": os.getpid(), "names": list(inherited)}), flush=True)
+        report = {"run": "second", "pid": os.getpid(), "names": list(inherited), "signals": process_state()["signals"]}
+        print(json.dumps(report), flush=True)
         return
 
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
