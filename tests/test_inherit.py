@@ -82,6 +82,7 @@ def test_repeated_names(children):
     assert report["first_by_name"] == {"web": 3, "admin": 4}
     assert report["all_by_name"] == {"web": [3, 5, 6], "admin": [4]}
     assert report["getall_missing"] == []
+    assert report["missing_name_raises"] == "KeyError"
 
 
 def test_empty_names(children):

@@ -89,7 +89,7 @@ def test_argv_kept_over_restarts(children, tmp_path, mode):
 
 
 def test_fds_exact_after_five_restarts(children, tmp_path):
-    """After each of five restarts, /proc/self/fd holds stdio and the passed fds only."""
+    """After each of five restarts, /proc/self/fd lists stdio and the passed fds only."""
     env = clean_environment({"RESTARTS_LEFT": "5", "CHDIR_TO": str(tmp_path)})
 
     child, reports = run_loop(children, [sys.executable, str(HELPERS / "restart_loop.py")], 5, env=env)

@@ -87,6 +87,12 @@ def main() -> None:
         report["first_by_name"] = {name: inherited[name].fileno() for name in inherited}
         report["all_by_name"] = {name: [obj.fileno() for obj in inherited.getall(name)] for name in inherited}
         report["getall_missing"] = inherited.getall("no-such-name")
+        try:
+            inherited["no-such-name"]
+        except KeyError:
+            report["missing_name_raises"] = "KeyError"
+        else:
+            report["missing_name_raises"] = None
         again = fdpass.inherit()
         report["second_call_same"] = again is inherited and all(
             first is second for first, second in zip(inherited.objects, again.objects, strict=True)
