@@ -609,37 +609,29 @@ int fdpass_inspect(const int *fds, int nfds, struct fdpass_fdinfo *out)
 }
 
 /*
- * Fill only fd, error and fd_flags of out[i], with F_GETFD, for a caller that
- * knows the rest, and set status_flags, mode, family, type and protocol to
- * -1. F_GETFD reads only the fd table, so this costs a fraction of
- * fdpass_inspect() per fd. A closed fd gets out[i].error = EBADF; the call
- * still succeeds. Changes nothing. Async-signal-safe.
+ * Return the index of the first of fds that is closed or has FD_CLOEXEC set,
+ * or nfds if every fd is open with FD_CLOEXEC clear, as a passed fd is.
+ * F_GETFD reads only the fd table, so this costs a fraction of
+ * fdpass_inspect() per fd, and writes nothing per fd. Changes nothing.
+ * Async-signal-safe.
  */
-int fdpass_inspect_flags(const int *fds, int nfds, struct fdpass_fdinfo *out)
+int fdpass_find_unadoptable(const int *fds, int nfds)
 {
     int i;
 
-    if (nfds < 0 || (nfds > 0 && (fds == NULL || out == NULL))) {
+    if (nfds < 0 || (nfds > 0 && fds == NULL)) {
         errno = EINVAL;
         return -1;
     }
 
     for (i = 0; i < nfds; i++) {
-        struct fdpass_fdinfo *info = &out[i];
+        int flags = fds[i] < 0 ? -1 : fcntl(fds[i], F_GETFD);
 
-        info->fd = fds[i];
-        info->error = 0;
-        info->mode = (unsigned int)-1;
-        info->family = info->type = info->protocol = -1;
-        info->listening = 0;
-
-        info->status_flags = -1;
-        info->fd_flags = fds[i] < 0 ? -1 : fcntl(fds[i], F_GETFD);
-        if (info->fd_flags == -1)
-            info->error = fds[i] < 0 ? EBADF : errno;
+        if (flags == -1 || (flags & FD_CLOEXEC))
+            return i;
     }
 
-    return 0;
+    return nfds;
 }
 
 /*

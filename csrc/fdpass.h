@@ -24,7 +24,7 @@ int fdpass_exec(const char *path, char *const argv[], char *const envp[],
 
 int fdpass_inspect(const int *fds, int nfds, struct fdpass_fdinfo *out);
 
-int fdpass_inspect_flags(const int *fds, int nfds, struct fdpass_fdinfo *out);
+int fdpass_find_unadoptable(const int *fds, int nfds);
 
 int fdpass_set_cloexec(const int *fds, int nfds, int cloexec);
 

@@ -145,20 +145,17 @@ FDINFO_FIELDS = FdInfo.FIELDS
 _FDINFO_IS_INT_ARRAY = ffi.sizeof("struct fdpass_fdinfo") == len(FDINFO_FIELDS) * ffi.sizeof("int")
 
 
-def inspect_columns(fds: Sequence[int], flags_only: bool = False) -> dict[str, list[int]]:
+def inspect_columns(fds: Sequence[int]) -> dict[str, list[int]]:
     """Describe each fd with fdpass_inspect(); return one list per FDINFO_FIELDS name.
 
     Column i of every list belongs to fds[i], and a closed fd gets error=EBADF.
-    With flags_only, fdpass_inspect_flags() fills only the fd, error and
-    fd_flags columns, and the others are -1 or 0. The C
-    array is copied into Python ints in one step, with no Python work per fd,
-    so this stays fast for thousands of fds.
+    The C array is copied into Python ints in one step, with no Python work
+    per fd, so this stays fast for thousands of fds.
     """
     count = len(fds)
     c_fds = ffi.new("int[]", list(fds))
     out = ffi.new("struct fdpass_fdinfo[]", count)
-    inspect_fds = lib.fdpass_inspect_flags if flags_only else lib.fdpass_inspect
-    if count and inspect_fds(c_fds, count, out) == -1:
+    if count and lib.fdpass_inspect(c_fds, count, out) == -1:
         raise_errno(ffi.errno)
 
     if not _FDINFO_IS_INT_ARRAY:
@@ -166,6 +163,18 @@ def inspect_columns(fds: Sequence[int], flags_only: bool = False) -> dict[str, l
     values = memoryview(ffi.buffer(out)).cast("i").tolist()
     width = len(FDINFO_FIELDS)
     return {name: values[index::width] for index, name in enumerate(FDINFO_FIELDS)}
+
+
+def all_adoptable(fds: Sequence[int]) -> bool:
+    """Return True if every fd is open with FD_CLOEXEC clear, with fdpass_find_unadoptable()."""
+    count = len(fds)
+    c_fds = ffi.new("int[]", list(fds))
+
+    index = lib.fdpass_find_unadoptable(c_fds, count)
+    if index == -1:
+        raise_errno(ffi.errno)
+
+    return index == count
 
 
 def inspect(fds: Sequence[int]) -> list[FdInfo]:

@@ -54,16 +54,27 @@ def encode(items: Sequence[object], pid: int) -> str | None:
     if not items or not all(issubclass(item_type, socket.socket) for item_type in set(map(type, items))):
         return None
 
-    families = map(_FAMILY.__get__, items)
-    nonblocking = map(operator.is_not, map(_TIMEOUT.__get__, items), itertools.repeat(None))
-    facts = zip(families, map(_TYPE.__get__, items), map(_PROTOCOL.__get__, items), nonblocking, strict=False)
+    count = len(items)
+    families = list(map(_FAMILY.__get__, items))
+    types = list(map(_TYPE.__get__, items))
+    protocols = list(map(_PROTOCOL.__get__, items))
+    nonblocking = list(map(operator.is_not, map(_TIMEOUT.__get__, items), itertools.repeat(None)))
+
+    # Usually every socket is alike, and list.count() checks that in C.
+    columns = (families, types, protocols, nonblocking)
+    if all(column.count(column[0]) == count for column in columns):
+        groups = [((families[0], types[0], protocols[0], nonblocking[0]), count)]
+    else:
+        facts = zip(families, types, protocols, nonblocking, strict=True)
+        groups = [(key, len(list(group))) for key, group in itertools.groupby(facts)]
+
     runs = []
-    for (family, sock_type, protocol, is_nonblocking), group in itertools.groupby(facts):
+    for (family, sock_type, protocol, is_nonblocking), repeat in groups:
         if protocol == 0 and family != socket.AF_UNIX:
             protocol = _DEFAULT_PROTOCOLS.get((family, sock_type), 0)
             if protocol == 0:
                 return None
-        runs.append(f"{family}.{sock_type}.{protocol}.{int(is_nonblocking)}*{len(list(group))}")
+        runs.append(f"{family}.{sock_type}.{protocol}.{int(is_nonblocking)}*{repeat}")
 
     return f"{pid}:{len(items)}:{','.join(runs)}"
 

@@ -149,8 +149,8 @@ def measure_imports(results: Results, runs: int, cwd: str) -> None:
 
 def run(
     fd_counts: Sequence[int] = DEFAULT_FD_COUNTS,
-    rounds: int = 5,
-    repeats: int = 10,
+    rounds: int = 3,
+    repeats: int = 15,
     import_runs: int = 40,
     progress: Callable[[str], None] | None = None,
 ) -> Results:
@@ -416,8 +416,8 @@ def describe_machine() -> str:
 
 def main(
     fd_counts: Sequence[int] = DEFAULT_FD_COUNTS,
-    rounds: int = 5,
-    repeats: int = 10,
+    rounds: int = 3,
+    repeats: int = 15,
     import_runs: int = 40,
     plot_path: str = "",
 ) -> int:

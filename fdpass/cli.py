@@ -76,10 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--fd-counts", type=_fd_counts, default=[1, 10, 100, 1000, 10000], metavar="N,N,...",
         help="numbers of sockets to pass (default: 1,10,100,1000,10000)",
     )
-    bench.add_argument("--rounds", type=int, default=5, metavar="N",
-                       help="restarts in a row per worker process (default: 5)")
-    bench.add_argument("--repeats", type=int, default=10, metavar="N",
-                       help="worker processes per mode and fd count, interleaved (default: 10)")
+    bench.add_argument("--rounds", type=int, default=3, metavar="N",
+                       help="restarts in a row per worker process (default: 3)")
+    bench.add_argument("--repeats", type=int, default=15, metavar="N",
+                       help="worker processes per mode and fd count, interleaved (default: 15)")
     bench.add_argument("--import-runs", type=int, default=40, metavar="N",
                        help="fresh interpreters per import statement (default: 40)")
     bench.add_argument(

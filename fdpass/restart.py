@@ -215,13 +215,14 @@ def _adopt_described_sockets(
     """Adopt sockets whose family, type and protocol FDPASS_SOCKETS gives; None if that does not match.
 
     The kernel is asked only for the fd flags of each fd, and the socket
-    constructor for its family. None means an fd is not a socket or has
-    another family, and nothing was adopted.
+    constructor for its family. None means an fd is closed, has FD_CLOEXEC
+    set, is not a socket or has another family, and nothing was adopted.
     """
     families, types, protocols, nonblocking = specs
-    columns = _native.inspect_columns(fds, flags_only=True)
 
-    _check_adoptable(columns, names)
+    # The full inspection in _adopt() raises the error that names the bad fd.
+    if not _native.all_adoptable(fds):
+        return None
     try:
         sockets = rebuild.rebuild_sockets(fds, families, types, protocols, nonblocking)
     except (OSError, ValueError) as error:
