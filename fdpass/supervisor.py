@@ -36,7 +36,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from fdpass import _native, protocol
+from fdpass import _native, notify, protocol
 
 log = logging.getLogger("fdpass")
 
@@ -88,32 +88,29 @@ def is_descendant(pid: int, ancestor: int) -> bool:
         current = _parent_pid(current)
     return False
 
-NOTIFY_SOCKET = "NOTIFY_SOCKET"
-
 _UCRED = struct.Struct("iII")
 
 
-def _notify_sockaddr(address: str) -> str:
-    # sd_notify(3): an address starting with '@' names an abstract socket.
-    return "\0" + address[1:] if address.startswith("@") else address
-
-
 class _ManagerNotifier:
-    """Sends sd_notify(3) messages to the service manager that started fdpass, if any."""
+    """Sends sd_notify(3) messages, with fds if any, to the service manager that started fdpass.
 
-    def __init__(self, address: str | None) -> None:
-        self.address = address
+    fdpass.notify.notify() sends no fds, and FDSTORE=1 needs them, so this
+    sends the datagram itself to the same address.
+    """
+
+    def __init__(self, value: str | None) -> None:
+        self.value = value
 
     def send(self, message: str, fds: Sequence[int] = ()) -> None:
-        if not self.address:
+        if not self.value:
             return
-        # TODO: share one sd_notify sender with the upgrade code once both exist.
         try:
+            address = notify.notify_address(self.value)
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-                sock.connect(_notify_sockaddr(self.address))
+                sock.connect(address)
                 socket.send_fds(sock, [message.encode()], list(fds))
-        except OSError as error:
-            log.warning("cannot send %r to NOTIFY_SOCKET=%s: %s", message.split("\n")[0], self.address, error)
+        except (OSError, ValueError) as error:
+            log.warning("cannot send %r to NOTIFY_SOCKET=%s: %s", message.split("\n")[0], self.value, error)
 
 
 class _NotifyListener:
@@ -193,7 +190,7 @@ class Supervisor:
         self.shutting_down = False
         self.final_status: int | None = None
 
-        self._manager_notify = _ManagerNotifier(os.environ.get(NOTIFY_SOCKET))
+        self._manager_notify = _ManagerNotifier(os.environ.get(notify.NOTIFY_SOCKET))
         self._notify = _NotifyListener(f"fdpass-{os.getpid()}-{secrets.token_hex(6)}")
         self._wakeup_read, self._wakeup_write = socket.socketpair()
 
@@ -201,7 +198,7 @@ class Supervisor:
 
     def _child_environment(self) -> list[bytes]:
         environ = dict(os.environ)
-        environ[NOTIFY_SOCKET] = self._notify.address
+        environ[notify.NOTIFY_SOCKET] = self._notify.address
         protocol.apply(environ, [name for name, _ in self.listeners], os.getpid())
         return [os.fsencode(f"{key}={value}") for key, value in environ.items()]
 
@@ -261,8 +258,9 @@ class Supervisor:
 
         log.info("restart requested by %s", self.restart_signal.name)
         # systemd 253 and later match RELOADING=1 to the reload by MONOTONIC_USEC.
-        monotonic_usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
-        self._manager_notify.send(f"RELOADING=1\nMONOTONIC_USEC={monotonic_usec}\nSTATUS=Starting a new child")
+        self._manager_notify.send(
+            f"RELOADING=1\nMONOTONIC_USEC={notify.monotonic_usec()}\nSTATUS=Starting a new child"
+        )
         try:
             self.pending = self._spawn()
         except OSError as error:
