@@ -159,8 +159,8 @@ def _close_quietly(fd: int | None) -> None:
         return
     try:
         os.close(fd)
-    except OSError:
-        pass
+    except OSError as error:
+        _log.debug("close(%d) failed: %s", fd, error)
 
 
 class Upgrader:
@@ -600,6 +600,7 @@ class Upgrader:
         try:
             pid, wait_status = os.waitpid(attempt.pid, os.WNOHANG)
         except ChildProcessError:
+            _log.debug("new generation PID %d was reaped elsewhere, so its status is unknown", attempt.pid)
             return "exited"
         if pid == attempt.pid:
             attempt.status = os.waitstatus_to_exitcode(wait_status)
@@ -689,12 +690,12 @@ class Upgrader:
             try:
                 os.kill(attempt.pid, signal.SIGKILL)
             except ProcessLookupError:
-                pass
+                _log.debug("new generation PID %d exited before SIGKILL reached it", attempt.pid)
             try:
                 _, wait_status = os.waitpid(attempt.pid, 0)
                 attempt.status = os.waitstatus_to_exitcode(wait_status)
             except ChildProcessError:
-                pass
+                _log.debug("new generation PID %d was reaped elsewhere, so its status is unknown", attempt.pid)
 
         _close_quietly(attempt.ready_fd)
         _close_quietly(attempt.parent_fd)
