@@ -8,7 +8,8 @@ every restart keeps) and restarts again until no rounds are left.
 Every mode runs this same program with the same imports, so the ratios
 compare only the work done for the passed fds. The image before a restart
 reads CLOCK_MONOTONIC, which is system-wide, and passes the reading in an
-environment variable. Result lines hold nanoseconds.
+environment variable. CPU time (CLOCK_PROCESS_CPUTIME_ID) travels the same
+way, because execve keeps counting it. Result lines hold nanoseconds.
 
 Modes:
     fdpass    reexec() with the sockets, inherit() in the new image.
@@ -35,8 +36,12 @@ from fdpass import protocol
 # NOTE: taken after the imports above, so the time from T0 to here covers the
 # old image's preparation, execve and interpreter start-up together.
 T_MAIN = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+# CPU time of this process, which execve keeps counting, so it measures the
+# work of a restart without the time spent waiting for a busy CPU.
+T_MAIN_CPU = time.clock_gettime_ns(time.CLOCK_PROCESS_CPUTIME_ID)
 
 ENV_T0 = "FDPASS_BENCH_T0"
+ENV_T0_CPU = "FDPASS_BENCH_T0_CPU"
 ENV_ROUNDS_LEFT = "FDPASS_BENCH_ROUNDS_LEFT"
 ENV_PASSED = "FDPASS_BENCH_PASSED"
 ENV_BUFFERED = "FDPASS_BENCH_BUFFERED"
@@ -77,6 +82,7 @@ def _open_listeners(count: int) -> list[socket.socket]:
 
 def _restart(mode: str, sockets: list[socket.socket]) -> None:
     os.environ[ENV_PASSED] = str(len(sockets))
+    os.environ[ENV_T0_CPU] = str(time.clock_gettime_ns(time.CLOCK_PROCESS_CPUTIME_ID))
     os.environ[ENV_T0] = str(_monotonic_ns())
 
     if mode == "fdpass":
@@ -100,15 +106,17 @@ def _rebuild(mode: str) -> list[socket.socket]:
 def run_latency(mode: str, count: int, rounds_left: int) -> None:
     """Rebuild the passed sockets, report the timings, and restart again."""
     t0 = os.environ.pop(ENV_T0, None)
+    t0_cpu = os.environ.pop(ENV_T0_CPU, None)
 
     if t0 is None:
         sockets = [] if mode == "floor" else _open_listeners(count)
     else:
         sockets = _rebuild(mode)
         t_ready = _monotonic_ns()
+        t_ready_cpu = time.clock_gettime_ns(time.CLOCK_PROCESS_CPUTIME_ID)
         if len(sockets) != (0 if mode == "floor" else count):
             raise RuntimeError(f"{mode}: rebuilt {len(sockets)} sockets, expected {count}")
-        _emit(t0, T_MAIN, t_ready)
+        _emit(t0, T_MAIN, t_ready, t0_cpu, T_MAIN_CPU, t_ready_cpu)
         rounds_left -= 1
 
     if rounds_left <= 0:
