@@ -332,6 +332,40 @@ struct linux_dirent64 {
 };
 
 /*
+ * Open /proc/self/fd. When every fd number below the soft RLIMIT_NOFILE is in
+ * use (EMFILE), lift the soft limit to the hard one for this one open() and
+ * put it back at once: the listing must still see the fds above the soft
+ * limit, which no loop below that limit would reach.
+ */
+static int open_fd_directory(void)
+{
+    struct rlimit limit;
+    struct rlimit lifted;
+    int dir_fd = open("/proc/self/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    int saved_errno;
+
+    if (dir_fd >= 0 || errno != EMFILE)
+        return dir_fd;
+    if (getrlimit(RLIMIT_NOFILE, &limit) == -1 || limit.rlim_cur >= limit.rlim_max) {
+        errno = EMFILE;
+        return -1;
+    }
+
+    lifted = limit;
+    lifted.rlim_cur = limit.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &lifted) == -1) {
+        errno = EMFILE;
+        return -1;
+    }
+    dir_fd = open("/proc/self/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    saved_errno = errno;
+    setrlimit(RLIMIT_NOFILE, &limit);
+
+    errno = saved_errno;
+    return dir_fd;
+}
+
+/*
  * Call set_cloexec_if_clear() on every open fd from first_unpassed up, as
  * /proc/self/fd lists them. procfs puts fd N at directory offset N + 2, after
  * "." and "..", so one lseek() skips the passed fds: with thousands passed, a
@@ -341,7 +375,7 @@ struct linux_dirent64 {
 static int cloexec_unpassed_from_proc(struct exec_state *st, int *capacity)
 {
     long long buffer[1024];  /* 8 KiB, aligned for struct linux_dirent64 */
-    int dir_fd = open("/proc/self/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    int dir_fd = open_fd_directory();
     int saved_errno;
 
     if (dir_fd < 0)
@@ -406,7 +440,9 @@ static int cloexec_unpassed_fds(struct exec_state *st)
         }
     }
 
-    /* NOTE: an fd that this misses and the listing did not record keeps FD_CLOEXEC if execve fails. */
+    /* NOTE: an fd that neither the listing nor the loop recorded (one opened by
+     * another thread meanwhile, or one above the soft RLIMIT_NOFILE when
+     * /proc/self/fd cannot be opened) keeps FD_CLOEXEC if execve fails. */
     if (close_range_cloexec((unsigned int)st->first_unpassed, ~0U) == -1 && errno != ENOSYS && errno != EINVAL)
         return -1;
 
