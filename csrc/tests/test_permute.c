@@ -73,6 +73,7 @@ struct process_state {
     void (*sigpipe)(int);
     void (*sigxfsz)(int);
     void (*sigusr2)(int);
+    struct rlimit nofile;
 };
 
 struct layout {
@@ -143,6 +144,7 @@ static void snapshot(struct process_state *state)
     }
 
     pthread_sigmask(SIG_SETMASK, NULL, &state->mask);
+    getrlimit(RLIMIT_NOFILE, &state->nofile);
     {
         struct sigaction action;
 
@@ -183,6 +185,10 @@ static int compare_states(const char *label, const struct process_state *before,
     }
     if (before->sigpipe != after->sigpipe || before->sigxfsz != after->sigxfsz || before->sigusr2 != after->sigusr2) {
         diag("%s: SIGPIPE, SIGXFSZ or SIGUSR2 disposition changed\n", label);
+        differences++;
+    }
+    if (before->nofile.rlim_cur != after->nofile.rlim_cur || before->nofile.rlim_max != after->nofile.rlim_max) {
+        diag("%s: RLIMIT_NOFILE changed\n", label);
         differences++;
     }
 
