@@ -480,13 +480,15 @@ def _flush_passed(items: Sequence[object], label: Callable[[int], str]) -> None:
 
 
 def _encode_environment(env: Mapping[str, str]) -> list[bytes]:
+    # What os.fsencode() does, without its Python-level call per variable.
+    encoding, errors = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
     encoded = []
     for key, value in env.items():
         if not isinstance(key, str) or not isinstance(value, str):
             raise TypeError(f"env must map str to str, but contains {key!r}: {value!r}")
         if not key or "=" in key or "\0" in key or "\0" in value:
             raise ValueError(f"env contains an invalid variable {key!r}={value!r}: names need no '=' or NUL")
-        encoded.append(os.fsencode(f"{key}={value}"))
+        encoded.append(f"{key}={value}".encode(encoding, errors))
     return encoded
 
 
