@@ -413,6 +413,8 @@ class Upgrader:
                 return True
             fd = self._parent_pipe.fileno()
 
+        # NOTE: a process forked from the parent without exec keeps a copy of
+        # the write end, so EOF comes only once that process has exited too.
         poller = select.poll()
         poller.register(fd, select.POLLIN)
         timeout_ms = None if timeout is None else max(0, int(timeout * 1000))
@@ -600,6 +602,8 @@ class Upgrader:
         try:
             pid, wait_status = os.waitpid(attempt.pid, os.WNOHANG)
         except ChildProcessError:
+            # NOTE: another thread that reaps any child (os.wait(), a SIGCHLD
+            # handler) took the exit status; UpgradeError.status is then None.
             _log.debug("new generation PID %d was reaped elsewhere, so its status is unknown", attempt.pid)
             return "exited"
         if pid == attempt.pid:
