@@ -6,6 +6,8 @@ so the benchmarks keep working; no test here asserts a timing.
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 
@@ -17,6 +19,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption("--bench-rounds", type=int, default=10, help="restarts in a row per worker process (default: 10)")
     group.addoption("--bench-repeats", type=int, default=5, help="worker processes per mode, interleaved (default: 5)")
+
+    upgrade = parser.getgroup("fdpass upgrade benchmark (bench/bench_upgrade.py)")
+    upgrade.addoption(
+        "--upgrade-python", default=sys.executable,
+        help="interpreter that runs both servers; it needs fdpass, and tableflip for that side (default: this one)",
+    )
+    upgrade.addoption("--upgrade-rounds", type=int, default=20, help="upgrades in a row per side (default: 20)")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -1,0 +1,332 @@
+"""Upgrade latency and client latency during upgrades: fdpass.Upgrader against tableflip.
+
+Run it by name, since pytest does not collect bench_*.py on its own:
+
+    pytest bench/bench_upgrade.py --upgrade-python /path/to/python --upgrade-rounds 20
+
+Both sides run bench/upgrade_server.py, the same asyncio server, on the
+interpreter given by --upgrade-python (default: this one). tableflip from
+PyPI needs Python 3.12 or newer; when that interpreter cannot import it, the
+tableflip side is skipped. For each side the driver starts the first
+generation, keeps one client thread opening a connection and sending one
+request at a time, and sends SIGHUP for each round. It waits until the new
+generation is ready and the old one has exited before the next round.
+
+Measured per side:
+- upgrade latency: the seconds the old generation's upgrade() call took,
+  which ends when the new generation has called ready();
+- client latency: connect, request and response, for every request during
+  the rounds, with every error kept.
+
+The figures go to benchmark.extra_info (see --benchmark-json) and are
+printed as a table, with fdpass's ratios to tableflip from the same run.
+Nothing here asserts a timing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import pathlib
+import selectors
+import signal
+import socket
+import statistics
+import subprocess
+import threading
+import time
+from typing import Any
+
+import pytest
+
+SERVER = pathlib.Path(__file__).with_name("upgrade_server.py")
+PR_SET_CHILD_SUBREAPER = 36
+EVENT_TIMEOUT = 60.0
+
+pytestmark = pytest.mark.timeout(900)
+
+
+class Server:
+    """The process group of one side's generations, and the events they write to the shared stdout."""
+
+    def __init__(self, python: str, library: str, port: int, stderr_path: pathlib.Path) -> None:
+        self.stderr_path = stderr_path
+        self.library = library
+        self.popen = subprocess.Popen(
+            [python, str(SERVER), library, str(port)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=stderr_path.open("wb"),
+            start_new_session=True,
+        )
+        self.current = self.popen.pid
+        self._buffer = b""
+        self._pending: list[dict[str, Any]] = []
+
+    def next_event(self, deadline: float) -> dict[str, Any]:
+        assert self.popen.stdout is not None
+        while b"\n" not in self._buffer:
+            remaining = deadline - time.monotonic()
+            with selectors.DefaultSelector() as selector:
+                selector.register(self.popen.stdout, selectors.EVENT_READ)
+                if remaining <= 0 or not selector.select(remaining):
+                    stderr = self.stderr_path.read_text()[-3000:]
+                    raise TimeoutError(f"no event from the {self.library} server; stderr:\n{stderr}")
+            chunk = os.read(self.popen.stdout.fileno(), 65536)
+            if not chunk:
+                raise EOFError(f"server stdout closed; stderr:\n{self.stderr_path.read_text()[-3000:]}")
+            self._buffer += chunk
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        event: dict[str, Any] = json.loads(line)
+        return event
+
+    def wait_for(self, field: str, value: int, *kinds: str) -> dict[str, Any]:
+        """Return the first event, read before or now, with event[field] == value and a kind in kinds."""
+        for event in self._pending:
+            if event.get(field) == value and event["event"] in kinds:
+                self._pending.remove(event)
+                return event
+
+        deadline = time.monotonic() + EVENT_TIMEOUT
+        while True:
+            event = self.next_event(deadline)
+            if event.get(field) == value and event["event"] in kinds:
+                return event
+            self._pending.append(event)
+
+    def kill(self) -> None:
+        try:
+            os.killpg(self.popen.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.popen.wait(10)
+        if self.popen.stdout is not None:
+            self.popen.stdout.close()
+
+
+def wait_gone(pid: int, timeout: float = EVENT_TIMEOUT) -> None:
+    """Reap pid, a child of this process or an orphan adopted by this subreaper."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            if not os.path.exists(f"/proc/{pid}"):
+                return
+            done = 0
+        if done:
+            return
+        time.sleep(0.001)
+    raise TimeoutError(f"generation {pid} did not exit within {timeout} s")
+
+
+class Client:
+    """One thread that sends a request on a new connection, again and again, and times each."""
+
+    MAX_SECONDS = 600.0
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.latencies: list[float] = []
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        deadline = time.monotonic() + self.MAX_SECONDS
+        number = 0
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            number += 1
+            started = time.perf_counter()
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=10) as sock:
+                    sock.sendall(f"request {number}\n".encode())
+                    response = b""
+                    while not response.endswith(b"\n"):
+                        chunk = sock.recv(4096)
+                        if not chunk:
+                            raise ConnectionError(f"closed after {response!r}")
+                        response += chunk
+            except OSError as error:
+                self.errors.append(repr(error))
+                continue
+            self.latencies.append(time.perf_counter() - started)
+
+    def __enter__(self) -> Client:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+class Side:
+    """One library's server, its client, and the samples of its upgrades."""
+
+    def __init__(self, python: str, library: str, tmp_path: pathlib.Path) -> None:
+        self.library = library
+        self.port = free_port()
+        self.server = Server(python, library, self.port, tmp_path / f"{library}-stderr.txt")
+        self.client = Client(self.port)
+        self.upgrade_seconds: list[float] = []
+        # From the new generation's ready() call until the old one's upgrade() returned.
+        self.ready_delays: list[float] = []
+        self.failures: list[str] = []
+
+    def upgrade_once(self) -> None:
+        """Send SIGHUP, record the outcome, and wait until the old generation has exited."""
+        server = self.server
+        old = server.current
+        os.kill(old, signal.SIGHUP)
+
+        outcome = server.wait_for("pid", old, "upgraded", "upgrade-failed")
+        if outcome["event"] == "upgrade-failed":
+            self.failures.append(outcome["error"])
+            return
+        self.upgrade_seconds.append(outcome["seconds"])
+        # tableflip's upgrade() returns no PID, so the new generation names its parent.
+        ready = server.wait_for("parent", old, "ready")
+        self.ready_delays.append(outcome["ended_at"] - ready["ready_at"])
+        wait_gone(old)
+        # Each library refuses an upgrade until the new generation has seen its parent exit.
+        server.wait_for("pid", ready["pid"], "parent-gone")
+        server.current = ready["pid"]
+
+    def raw(self) -> dict[str, Any]:
+        return {
+            "upgrade_seconds": self.upgrade_seconds,
+            "ready_delays": self.ready_delays,
+            "latencies": self.client.latencies,
+            "errors": self.client.errors,
+            "failures": self.failures,
+        }
+
+
+def run_interleaved(
+    python: str, libraries: list[str], rounds: int, tmp_path: pathlib.Path
+) -> dict[str, dict[str, Any]]:
+    """Upgrade each library's server once per round, alternating which goes first, under constant client load.
+
+    Both servers and both clients run for the whole measurement, so the
+    machine's load is the same for either side's upgrades.
+    """
+    sides = [Side(python, library, tmp_path) for library in libraries]
+    try:
+        for side in sides:
+            side.server.wait_for("pid", side.server.current, "ready")
+        for side in sides:
+            side.client.__enter__()
+        for number in range(rounds):
+            # Rotate which side goes first, so no side always follows another's upgrade.
+            shift = number % len(sides)
+            for side in sides[shift:] + sides[:shift]:
+                side.upgrade_once()
+    finally:
+        for side in sides:
+            side.client.__exit__()
+            side.server.kill()
+
+    return {side.library: side.raw() for side in sides}
+
+
+def percentile(samples: list[float], fraction: float) -> float:
+    ordered = sorted(samples)
+    index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def summarize(raw: dict[str, Any]) -> dict[str, Any]:
+    latencies = raw["latencies"]
+    return {
+        "upgrades": len(raw["upgrade_seconds"]),
+        "upgrade_median_ms": statistics.median(raw["upgrade_seconds"]) * 1000,
+        "upgrade_max_ms": max(raw["upgrade_seconds"]) * 1000,
+        "ready_to_return_median_ms": statistics.median(raw["ready_delays"]) * 1000,
+        "requests": len(latencies),
+        "errors": len(raw["errors"]),
+        "failed_upgrades": len(raw["failures"]),
+        "client_p50_ms": percentile(latencies, 0.50) * 1000,
+        "client_p99_ms": percentile(latencies, 0.99) * 1000,
+        "client_max_ms": max(latencies) * 1000,
+    }
+
+
+def can_import(python: str, module: str) -> bool:
+    result = subprocess.run([python, "-c", f"import {module}"], capture_output=True, timeout=60)
+    return result.returncode == 0
+
+
+@pytest.fixture
+def subreaper() -> Any:
+    """Adopt generations whose parent exited, so wait_gone() can reap them."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        pytest.skip("prctl(PR_SET_CHILD_SUBREAPER) failed")
+    yield
+    libc.prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+
+
+def test_upgrade_latency_against_tableflip(
+    benchmark: Any, subreaper: Any, tmp_path: pathlib.Path, request: Any
+) -> None:
+    """Median upgrade latency and client p99 of fdpass and tableflip, same server, same load, one run."""
+    python = request.config.getoption("--upgrade-python")
+    rounds = request.config.getoption("--upgrade-rounds")
+    if not can_import(python, "fdpass"):
+        pytest.skip(f"{python} cannot import fdpass; install it there or pass --upgrade-python")
+    sides = ["fdpass", "fdpass-threads"] + (["tableflip"] if can_import(python, "tableflip") else [])
+
+    raw: dict[str, dict[str, Any]] = {}
+
+    def measure() -> None:
+        raw.update(run_interleaved(python, sides, rounds, tmp_path))
+
+    benchmark.pedantic(measure, rounds=1, iterations=1)
+
+    summary = {library: summarize(samples) for library, samples in raw.items()}
+    for library, row in summary.items():
+        benchmark.extra_info.update({f"{library}_{key}": value for key, value in row.items()})
+    if "tableflip" in summary:
+        baseline = summary["tableflip"]
+        for library in ("fdpass", "fdpass-threads"):
+            row = summary[library]
+            ratio = row["upgrade_median_ms"] / baseline["upgrade_median_ms"]
+            benchmark.extra_info[f"{library}_upgrade_median_ratio"] = ratio
+            benchmark.extra_info[f"{library}_client_p99_ratio"] = row["client_p99_ms"] / baseline["client_p99_ms"]
+    print_table(python, rounds, summary, benchmark.extra_info)
+    for library, samples in raw.items():
+        for error in samples["errors"][:5] + samples["failures"][:5]:
+            print(f"{library}: {error}")
+
+    for library in ("fdpass", "fdpass-threads"):
+        assert summary[library]["upgrades"] == rounds, raw[library]["failures"]
+        assert raw[library]["errors"] == []
+
+
+def print_table(python: str, rounds: int, summary: dict[str, dict[str, Any]], extra: dict[str, Any]) -> None:
+    columns = [
+        ("upgrades", "{:d}"), ("upgrade_median_ms", "{:.1f}"), ("upgrade_max_ms", "{:.1f}"),
+        ("ready_to_return_median_ms", "{:.2f}"),
+        ("requests", "{:d}"), ("errors", "{:d}"), ("failed_upgrades", "{:d}"),
+        ("client_p50_ms", "{:.2f}"), ("client_p99_ms", "{:.2f}"), ("client_max_ms", "{:.1f}"),
+    ]
+    print(f"\nupgrade benchmark: {rounds} upgrades per side, servers on {python}")
+    print("| library | " + " | ".join(name for name, _ in columns) + " |")
+    print("|---|" + "---|" * len(columns))
+    for library, row in summary.items():
+        print(f"| {library} | " + " | ".join(fmt.format(row[name]) for name, fmt in columns) + " |")
+    for library in ("fdpass", "fdpass-threads"):
+        if f"{library}_upgrade_median_ratio" in extra:
+            print(
+                f"{library} / tableflip: median upgrade latency {extra[f'{library}_upgrade_median_ratio']:.2f}x, "
+                f"client p99 {extra[f'{library}_client_p99_ratio']:.2f}x"
+            )
