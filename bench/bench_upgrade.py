@@ -10,7 +10,9 @@ PyPI needs Python 3.12 or newer; when that interpreter cannot import it, the
 tableflip side is skipped. For each side the driver starts the first
 generation, keeps one client thread opening a connection and sending one
 request at a time, and sends SIGHUP for each round. It waits until the new
-generation is ready and the old one has exited before the next round.
+generation is ready and the old one has exited before the next round. The
+sides take turns of BLOCK upgrades, and only the side whose turn it is has
+its client sending.
 
 Measured per side:
 - upgrade latency: the seconds the old generation's upgrade() call took,
@@ -53,6 +55,7 @@ class Server:
     def __init__(self, python: str, library: str, port: int, stderr_path: pathlib.Path) -> None:
         self.stderr_path = stderr_path
         self.library = library
+        self.port = port
         self.popen = subprocess.Popen(
             [python, str(SERVER), library, str(port)],
             stdin=subprocess.DEVNULL,
@@ -122,7 +125,11 @@ def wait_gone(pid: int, timeout: float = EVENT_TIMEOUT) -> None:
 
 
 class Client:
-    """One thread that sends a request on a new connection, again and again, and times each."""
+    """One thread that sends a request on a new connection, again and again, and times each.
+
+    It sends only while resumed, so one side's client can rest while
+    another side is measured.
+    """
 
     MAX_SECONDS = 600.0
 
@@ -131,12 +138,27 @@ class Client:
         self.latencies: list[float] = []
         self.errors: list[str] = []
         self._stop = threading.Event()
+        self._active = threading.Event()
+        self._idle = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def resume(self) -> None:
+        self._idle.clear()
+        self._active.set()
+
+    def pause(self) -> None:
+        """Stop sending and return once the request in flight has finished."""
+        self._active.clear()
+        self._idle.wait(30)
 
     def _run(self) -> None:
         deadline = time.monotonic() + self.MAX_SECONDS
         number = 0
         while not self._stop.is_set() and time.monotonic() < deadline:
+            if not self._active.is_set():
+                self._idle.set()
+                self._active.wait(0.1)
+                continue
             number += 1
             started = time.perf_counter()
             try:
@@ -159,7 +181,9 @@ class Client:
 
     def __exit__(self, *exc_info: object) -> None:
         self._stop.set()
-        self._thread.join(30)
+        self._active.set()
+        if self._thread.is_alive():
+            self._thread.join(30)
 
 
 def free_port() -> int:
@@ -174,13 +198,31 @@ class Side:
 
     def __init__(self, python: str, library: str, tmp_path: pathlib.Path) -> None:
         self.library = library
-        self.port = free_port()
-        self.server = Server(python, library, self.port, tmp_path / f"{library}-stderr.txt")
+        self.server = self._start(python, tmp_path)
+        self.port = self.server.port
         self.client = Client(self.port)
         self.upgrade_seconds: list[float] = []
         # From the new generation's ready() call until the old one's upgrade() returned.
         self.ready_delays: list[float] = []
         self.failures: list[str] = []
+
+    def _start(self, python: str, tmp_path: pathlib.Path) -> Server:
+        """Start the first generation on a free port and wait until it is ready.
+
+        Other programs on this machine may take the port between the probe
+        and the server's bind(), so a failed start is retried on another.
+        """
+        for attempt in range(3):
+            server = Server(python, self.library, free_port(), tmp_path / f"{self.library}-stderr-{attempt}.txt")
+            try:
+                server.wait_for("pid", server.current, "ready")
+            except EOFError:
+                server.kill()
+                if "Address already in use" not in server.stderr_path.read_text():
+                    raise
+                continue
+            return server
+        raise RuntimeError(f"the {self.library} server found no free port in 3 attempts")
 
     def upgrade_once(self) -> None:
         """Send SIGHUP, record the outcome, and wait until the old generation has exited."""
@@ -211,25 +253,38 @@ class Side:
         }
 
 
+#: Upgrades of one side in a row before the next side takes its turn.
+BLOCK = 5
+
+
 def run_interleaved(
     python: str, libraries: list[str], rounds: int, tmp_path: pathlib.Path
 ) -> dict[str, dict[str, Any]]:
-    """Upgrade each library's server once per round, alternating which goes first, under constant client load.
+    """Upgrade each library's server in turns of BLOCK upgrades, each under its own client's load.
 
-    Both servers and both clients run for the whole measurement, so the
-    machine's load is the same for either side's upgrades.
+    All servers stay up for the whole run, but only the side being measured
+    has its client sending, so each side's upgrades see the same load: one
+    server, one client. The turns rotate, so slow phases of the machine fall
+    on every side alike.
     """
-    sides = [Side(python, library, tmp_path) for library in libraries]
+    sides: list[Side] = []
     try:
-        for side in sides:
-            side.server.wait_for("pid", side.server.current, "ready")
+        for library in libraries:
+            sides.append(Side(python, library, tmp_path))
         for side in sides:
             side.client.__enter__()
-        for number in range(rounds):
-            # Rotate which side goes first, so no side always follows another's upgrade.
-            shift = number % len(sides)
+        done = 0
+        turn = 0
+        while done < rounds:
+            count = min(BLOCK, rounds - done)
+            shift = turn % len(sides)
             for side in sides[shift:] + sides[:shift]:
-                side.upgrade_once()
+                side.client.resume()
+                for _ in range(count):
+                    side.upgrade_once()
+                side.client.pause()
+            done += count
+            turn += 1
     finally:
         for side in sides:
             side.client.__exit__()
