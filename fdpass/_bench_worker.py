@@ -151,8 +151,14 @@ def expected_stream(length: int) -> bytes:
     return (pattern * (length // PATTERN_LENGTH + 1))[:length]
 
 
+# After a fill, the kernel keeps moving bytes from the send queue into the
+# receive queue for a while. Both read modes wait this long, so both start
+# reading from the same state.
+SETTLE_SECONDS = 0.05
+
+
 def fill(sender: socket.socket) -> int:
-    """Send expected_stream() until the kernel buffers are full; return the bytes sent."""
+    """Send expected_stream() until the kernel buffers are full, wait SETTLE_SECONDS; return the bytes sent."""
     stream = memoryview(expected_stream(4 * SOCKET_BUFFER_BYTES))
     sent = 0
 
@@ -167,6 +173,7 @@ def fill(sender: socket.socket) -> int:
     finally:
         sender.setblocking(True)
 
+    time.sleep(SETTLE_SECONDS)
     return sent
 
 
