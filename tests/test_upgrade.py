@@ -222,17 +222,17 @@ def start_generations(reaper, children, tmp_path) -> Callable[..., Generations]:
     ) -> Generations:
         control_path = tmp_path / "control.json"
         control_path.write_text(json.dumps(control))
-        if address is None:
-            with socket.socket() as probe:
-                probe.bind(("127.0.0.1", 0))
-                address = ("127.0.0.1", probe.getsockname()[1])
-        text = address if isinstance(address, str) else f"{address[0]}:{address[1]}"
+        # Port 0 lets the kernel pick a free port; listen() in later
+        # generations matches the inherited socket on any port.
+        text = "127.0.0.1:0" if address is None else str(address)
 
         child = children.helper(
             "upgrade_server.py", "--address", text, "--control", str(control_path), *options, env=env
         )
         generations = Generations(child, address, control_path)
-        generations.wait_event(lambda e: e["pid"] == child.pid and e["event"] == "ready", "first ready")
+        ready = generations.wait_event(lambda e: e["pid"] == child.pid and e["event"] == "ready", "first ready")
+        if address is None:
+            generations.address = tuple(ready["address"])
         return generations
 
     return start

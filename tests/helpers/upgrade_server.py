@@ -201,6 +201,7 @@ def main() -> int:
         parent_pid=upgrader.parent_pid,
         listen_pid=listen_pid_at_start,
         initial_blocking=initial_blocking,
+        address=listener.getsockname(),
         fds=fd_targets(),
         state=None if state is None else state.decode(),
     )
