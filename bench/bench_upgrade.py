@@ -17,6 +17,10 @@ its client sending.
 Measured per side:
 - upgrade latency: the seconds the old generation's upgrade() call took,
   which ends when the new generation has called ready();
+- ready to return: from the new generation's ready() call until the old
+  generation's upgrade() returned (both read CLOCK_MONOTONIC);
+- start CPU: the CPU time the new generation used from its creation until
+  ready(), which the load of other processes does not stretch;
 - client latency: connect, request and response, for every request during
   the rounds, with every error kept.
 
@@ -204,6 +208,9 @@ class Side:
         self.upgrade_seconds: list[float] = []
         # From the new generation's ready() call until the old one's upgrade() returned.
         self.ready_delays: list[float] = []
+        # CPU time the new generation used from its creation until ready(),
+        # which other processes' load does not stretch as it does wall time.
+        self.start_cpu_seconds: list[float] = []
         self.failures: list[str] = []
 
     def _start(self, python: str, tmp_path: pathlib.Path) -> Server:
@@ -238,6 +245,7 @@ class Side:
         # tableflip's upgrade() returns no PID, so the new generation names its parent.
         ready = server.wait_for("parent", old, "ready")
         self.ready_delays.append(outcome["ended_at"] - ready["ready_at"])
+        self.start_cpu_seconds.append(ready["cpu_seconds"])
         wait_gone(old)
         # Each library refuses an upgrade until the new generation has seen its parent exit.
         server.wait_for("pid", ready["pid"], "parent-gone")
@@ -247,6 +255,7 @@ class Side:
         return {
             "upgrade_seconds": self.upgrade_seconds,
             "ready_delays": self.ready_delays,
+            "start_cpu_seconds": self.start_cpu_seconds,
             "latencies": self.client.latencies,
             "errors": self.client.errors,
             "failures": self.failures,
@@ -306,6 +315,7 @@ def summarize(raw: dict[str, Any]) -> dict[str, Any]:
         "upgrade_median_ms": statistics.median(raw["upgrade_seconds"]) * 1000,
         "upgrade_max_ms": max(raw["upgrade_seconds"]) * 1000,
         "ready_to_return_median_ms": statistics.median(raw["ready_delays"]) * 1000,
+        "start_cpu_median_ms": statistics.median(raw["start_cpu_seconds"]) * 1000,
         "requests": len(latencies),
         "errors": len(raw["errors"]),
         "failed_upgrades": len(raw["failures"]),
@@ -370,7 +380,7 @@ def test_upgrade_latency_against_tableflip(
 def print_table(python: str, rounds: int, summary: dict[str, dict[str, Any]], extra: dict[str, Any]) -> None:
     columns = [
         ("upgrades", "{:d}"), ("upgrade_median_ms", "{:.1f}"), ("upgrade_max_ms", "{:.1f}"),
-        ("ready_to_return_median_ms", "{:.2f}"),
+        ("ready_to_return_median_ms", "{:.2f}"), ("start_cpu_median_ms", "{:.1f}"),
         ("requests", "{:d}"), ("errors", "{:d}"), ("failed_upgrades", "{:d}"),
         ("client_p50_ms", "{:.2f}"), ("client_p99_ms", "{:.2f}"), ("client_max_ms", "{:.1f}"),
     ]

@@ -4,7 +4,8 @@ Both libraries run the same server: one listening TCP socket served by
 asyncio.start_server(), an upgrade on SIGHUP, and on hand-over the old
 generation closes its server and exits. Only the library calls differ.
 Every generation writes JSON events, one per line, to the shared stdout:
-"ready" (with the parent PID), "upgraded" (with the seconds that upgrade()
+"ready" (with the parent PID and the CPU time this generation used until
+ready()), "upgraded" (with the seconds that upgrade()
 took), "upgrade-failed" and "exit".
 
 "fdpass-threads" runs the same server on threads without asyncio, which
@@ -93,8 +94,9 @@ async def serve_fdpass(port: int) -> None:
 
     asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(upgrade()))
     ready_at = time.monotonic()
+    cpu_seconds = time.process_time()
     upgrader.ready()
-    emit("ready", parent=parent, ready_at=ready_at)
+    emit("ready", parent=parent, ready_at=ready_at, cpu_seconds=cpu_seconds)
     if upgrader.has_parent:
         await upgrader.wait_for_parent_async()
         emit("parent-gone")
@@ -125,8 +127,9 @@ async def serve_tableflip(port: int) -> None:
 
     asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(upgrade()))
     ready_at = time.monotonic()
+    cpu_seconds = time.process_time()
     await upgrader.ready()
-    emit("ready", parent=parent, ready_at=ready_at)
+    emit("ready", parent=parent, ready_at=ready_at, cpu_seconds=cpu_seconds)
     if upgrader.has_parent():
         await upgrader.wait_for_parent()
         emit("parent-gone")
@@ -203,8 +206,9 @@ def serve_fdpass_threads(port: int) -> None:
     upgrades = threading.Thread(target=take_sighup, daemon=True)
     upgrades.start()
     ready_at = time.monotonic()
+    cpu_seconds = time.process_time()
     upgrader.ready()
-    emit("ready", parent=parent, ready_at=ready_at)
+    emit("ready", parent=parent, ready_at=ready_at, cpu_seconds=cpu_seconds)
     if upgrader.has_parent:
         upgrader.wait_for_parent()
         emit("parent-gone")
