@@ -47,10 +47,11 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
 async def drain(server: asyncio.Server) -> None:
     """Stop accepting and finish every request in flight, without shutdown() on the shared socket.
 
-    asyncio's Server.close() right after an accept() makes the new
-    connection's transport fail an assertion and reset the connection
-    (CPython 3.12.1). So the listening fd leaves the event loop first, the
-    accepts in progress get time to finish, and only then is it closed.
+    In CPython 3.12.1, a connection accepted just before Server.close() gets
+    its transport after the close, which fails the assert in
+    Server._attach(), and the connection is dropped. So the listening fd
+    leaves the event loop first, the accepts in progress get time to finish,
+    and only then is it closed.
     """
     import asyncio
 
@@ -66,7 +67,7 @@ async def drain(server: asyncio.Server) -> None:
 
 
 async def serve_fdpass(port: int) -> None:
-    # Read before ready(): once the parent sees ready, it may exit at once.
+    # Read before ready(), because the parent may exit as soon as ready() returns.
     parent = os.getppid()
     import asyncio
 
@@ -139,7 +140,7 @@ async def serve_tableflip(port: int) -> None:
 
 
 def serve_fdpass_threads(port: int) -> None:
-    """The same server on threads, without asyncio, which fdpass does not need."""
+    """Serve the same way on threads, without asyncio, which fdpass does not need."""
     parent = os.getppid()
     import selectors
     import socket

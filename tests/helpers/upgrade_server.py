@@ -113,9 +113,9 @@ def main() -> int:
     args = parser.parse_args()
 
     # A Python signal handler runs only in the main thread, and only once that
-    # thread wakes up; while it waits in wait_exit() and the kernel delivers
-    # SIGHUP to another thread, the handler would not run. So every thread
-    # blocks SIGHUP and one thread takes it with sigwait().
+    # thread wakes up. If the kernel delivers SIGHUP to another thread while
+    # the main thread waits in wait_exit(), the handler does not run. So every
+    # thread blocks SIGHUP, and one thread takes it with sigwait().
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
 
     warnings.simplefilter("always")
