@@ -74,7 +74,7 @@ def interpreter() -> str:
 def raise_fd_limit(needed: int) -> str | None:
     """Raise the RLIMIT_NOFILE soft limit to the hard limit if needed is above it.
 
-    Returns a line that says what changed, or None. Raises RuntimeError if
+    Returns a line that describes the change, or None. Raises RuntimeError if
     even the hard limit is too low.
     """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

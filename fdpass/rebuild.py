@@ -176,13 +176,14 @@ def rebuild_columns(columns: Mapping[str, list[int]]) -> list[FdObject]:
     """
     modes = columns["mode"]
 
-    if modes.count(stat.S_IFSOCK) == len(modes):
+    # With socket.setdefaulttimeout() set, each socket needs the steps of
+    # _rebuild_socket(), so only the plain case takes the map().
+    if modes.count(stat.S_IFSOCK) == len(modes) and socket.getdefaulttimeout() is None:
         nonblocking = socket.SOCK_NONBLOCK
         types = [
             sock_type | nonblocking if status_flags & os.O_NONBLOCK else sock_type
             for sock_type, status_flags in zip(columns["type"], columns["status_flags"], strict=True)
         ]
-        # NOTE: as in rebuild(), socket.setdefaulttimeout() makes CPython set O_NONBLOCK.
         return list(map(socket.socket, columns["family"], types, columns["protocol"], columns["fd"]))
 
     return [
@@ -210,7 +211,14 @@ def rebuild_sockets(
         ValueError: an fd's family differs from families[i].
         In both cases every socket built is detached, so no fd is closed.
     """
-    if any(nonblocking):
+    # As in _rebuild_socket(): with socket.setdefaulttimeout() set, every
+    # socket is built with SOCK_NONBLOCK, so the constructor does not set
+    # O_NONBLOCK on the shared file description, and a blocking one then gets
+    # settimeout(None).
+    default_timeout = socket.getdefaulttimeout() is not None
+    if default_timeout:
+        types = [sock_type | socket.SOCK_NONBLOCK for sock_type in types]
+    elif any(nonblocking):
         types = [
             sock_type | socket.SOCK_NONBLOCK if is_nonblocking else sock_type
             for sock_type, is_nonblocking in zip(types, nonblocking, strict=True)
@@ -226,4 +234,9 @@ def rebuild_sockets(
         for sock in built:
             sock.detach()
         raise
+
+    if default_timeout:
+        for sock, is_nonblocking in zip(built, nonblocking, strict=True):
+            if not is_nonblocking:
+                sock.settimeout(None)
     return built

@@ -19,7 +19,7 @@ def test_unpassed_inheritable_fds_closed(children, passed):
 
     assert status == 0, stderr
     assert report["kinds"] == ["socket"] * passed
-    # listdir() holds one fd open on /proc/self/fd while it reads.
+    # listdir() keeps one fd open on /proc/self/fd while it reads.
     assert [fd for fd in report["open_fds"] if fd < 3 + passed] == list(range(3, 3 + passed))
     assert len([fd for fd in report["open_fds"] if fd >= 3 + passed]) <= 1
     assert 3 + passed + 200 not in report["open_fds"]

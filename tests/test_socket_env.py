@@ -8,12 +8,14 @@ kernel's facts either way.
 
 from __future__ import annotations
 
+import fcntl
+import os
 import socket
 
 import pytest
 from test_inherit import launch, listen_env
 
-from fdpass import _socket_env
+from fdpass import _native, _socket_env, rebuild
 
 UNIX_STREAM = f"{int(socket.AF_UNIX)}.{int(socket.SOCK_STREAM)}.0.0"
 INET_STREAM = f"{int(socket.AF_INET)}.{int(socket.SOCK_STREAM)}.0.0"
@@ -96,3 +98,40 @@ def test_inherit_with_socket_spec(children, spec):
     assert [entry["family"] for entry in report["adopted"]] == [socket.AF_UNIX, socket.AF_UNIX]
     assert [entry["type"] for entry in report["adopted"]] == [socket.SOCK_STREAM, socket.SOCK_STREAM]
     assert [entry["object"] for entry in report["adopted"]] == ["socket", "socket"]
+
+
+@pytest.mark.parametrize("nonblocking", [False, True])
+@pytest.mark.parametrize("builder", ["rebuild_sockets", "rebuild_columns"])
+def test_batch_rebuild_default_timeout(builder, nonblocking):
+    """With socket.setdefaulttimeout() set, batch rebuilds keep the fd's own O_NONBLOCK, as rebuild() does."""
+    first, second = socket.socketpair()
+    first.setblocking(not nonblocking)
+    copy = os.dup(first.fileno())
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(5.0)
+    try:
+        if builder == "rebuild_sockets":
+            (rebuilt,) = rebuild.rebuild_sockets([copy], [socket.AF_UNIX], [socket.SOCK_STREAM], [0], [nonblocking])
+        else:
+            (rebuilt,) = rebuild.rebuild_columns(_native.inspect_columns([copy]))
+    finally:
+        socket.setdefaulttimeout(previous)
+
+    with first, second, rebuilt:
+        flags = fcntl.fcntl(first.fileno(), fcntl.F_GETFL)
+        assert bool(flags & os.O_NONBLOCK) is nonblocking
+        assert rebuilt.gettimeout() == (0.0 if nonblocking else None)
+
+
+def test_rebuild_sockets_wrong_family_detaches():
+    """A family that differs from the fd's raises ValueError and leaves the fd open."""
+    first, second = socket.socketpair()
+    copy = os.dup(first.fileno())
+
+    with pytest.raises(ValueError, match="family"):
+        rebuild.rebuild_sockets([copy], [socket.AF_INET], [socket.SOCK_STREAM], [0], [False])
+
+    assert os.fstat(copy) is not None
+    os.close(copy)
+    first.close()
+    second.close()
