@@ -20,6 +20,7 @@ systemd names an fd with no FileDescriptorName=.
 
 from __future__ import annotations
 
+import os
 import socket
 from dataclasses import dataclass
 
@@ -150,3 +151,16 @@ def parse(text: str) -> ListenSpec:
         address = _parse_inet(text, rest)
 
     return ListenSpec(text, name or protocol.DEFAULT_NAME, address, sock_type)
+
+
+def format_bound(sock: socket.socket) -> str:
+    """Return the address sock is bound to, in the --listen spelling, such as udp:[::1]:5353."""
+    bound = sock.getsockname()
+    if sock.family == socket.AF_UNIX:
+        prefix = {socket.SOCK_DGRAM: "unix-dgram:", socket.SOCK_SEQPACKET: "unix-seqpacket:"}.get(sock.type, "unix:")
+        name = os.fsdecode(bound) if isinstance(bound, (str, bytes)) else ""
+        return prefix + ("@" + name[1:] if name.startswith("\0") else name)
+
+    host, port = bound[0], bound[1]
+    host_text = f"[{host}]" if sock.family == socket.AF_INET6 else host
+    return f"{'udp:' if sock.type == socket.SOCK_DGRAM else ''}{host_text}:{port}"

@@ -21,13 +21,16 @@ from __future__ import annotations
 
 import argparse
 import errno as errno_module
+import logging
 import os
 import shutil
 import signal
 import socket
 import sys
 
-from fdpass import cliaddress, restart
+from fdpass import cliaddress, protocol, restart
+
+log = logging.getLogger("fdpass")
 
 EXIT_USAGE = 2
 EXIT_BIND_FAILED = 1
@@ -240,6 +243,9 @@ def bind_all(specs: list[cliaddress.ListenSpec], backlog: int | None) -> list[tu
             )
         first_spec[id(sock)] = spec
         bound.append((spec.name, sock))
+        # With port 0 this line is the only place the chosen port shows.
+        fd = protocol.FIRST_FD + len(bound) - 1
+        log.info("listening on %s as fd %d, named %r", cliaddress.format_bound(sock), fd, spec.name)
 
     return bound
 

@@ -14,6 +14,7 @@ import functools
 import os
 import re
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -27,11 +28,19 @@ MAX_SECONDS = 40.0
 REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
 
 
-def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that nothing is bound to right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+LISTENING = re.compile(r"fdpass: listening on 127\.0\.0\.1:(\d+) as fd 3\b")
+
+
+def logged_port(stderr_text: Callable[[], str], timeout: float = 20.0) -> int:
+    """Return the port that `fdpass -v run --listen 127.0.0.1:0` logged for fd 3.
+
+    Binding port 0 and reading the port back leaves no window in which
+    another socket, such as a client's ephemeral port, can take it.
+    """
+    wait_until(lambda: LISTENING.search(stderr_text()) is not None, timeout, lambda: stderr_text()[-3000:])
+    match = LISTENING.search(stderr_text())
+    assert match is not None
+    return int(match.group(1))
 
 
 class ConnectionClosedEarly(ConnectionError):
@@ -193,3 +202,22 @@ def restart_under_load(
         after = load.servers_since(mark)
         assert after, "no answers after the restart"
         assert not after & before, f"restart {number}: old servers {after & before} still answer"
+
+
+# Moves fd N to 3, sets LISTEN_PID to this PID and execs argv[2:], like a
+# service manager passing one socket. The PID survives the exec.
+_PASS_SOCKET = (
+    "import os, sys; fd = int(sys.argv[1]); os.dup2(fd, 3); fd != 3 and os.close(fd); "
+    "os.environ['LISTEN_PID'] = str(os.getpid()); os.execvp(sys.argv[2], sys.argv[2:])"
+)
+
+
+def socket_activation(sock: socket.socket, argv: list[str]) -> tuple[list[str], dict[str, str]]:
+    """Return (argv, environment additions) that start argv with sock passed as fd 3 in LISTEN_FDS=1.
+
+    The test binds the socket itself, on port 0, so no other socket can take
+    the port between choosing and binding it. Start the result with
+    pass_fds=(sock.fileno(),).
+    """
+    wrapper = [sys.executable, "-I", "-c", _PASS_SOCKET, str(sock.fileno()), *argv]
+    return wrapper, {"LISTEN_FDS": "1"}

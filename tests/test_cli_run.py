@@ -10,7 +10,8 @@ import sys
 import time
 
 import pytest
-from conftest import HELPERS
+from conftest import HELPERS, clean_environment
+from loadgen import socket_activation
 
 
 def connect_with_retry(address: tuple[str, int], attempts: int = 200) -> socket.socket:
@@ -133,10 +134,8 @@ def test_missing_command_is_reported(children):
 
 def test_repeated_address_is_reported(children):
     """The same address given twice gives exit 2 naming both values."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    child = children.start(fdpass_run("-l", f"a=127.0.0.1:{port}", "-l", f"b=127.0.0.1:{port}", "--", "true"))
+    address = f"unix:@fdpass-test-repeat-{os.getpid()}"
+    child = children.start(fdpass_run("-l", f"a={address}", "-l", f"b={address}", "--", "true"))
     status, _, stderr = child.finish()
 
     assert status == 2
@@ -148,14 +147,13 @@ def test_run_adopts_socket_from_systemd_socket_activate(children):
     activate = shutil.which("systemd-socket-activate")
     if activate is None:
         pytest.skip("systemd-socket-activate is not installed (Debian package systemd)")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-
-    child = children.start([
-        activate, "--listen", f"127.0.0.1:{port}", "--fdname", "web",
-        *fdpass_run("-l", f"http=127.0.0.1:{port}", "--", sys.executable, str(HELPERS / "report_listen_fds.py")),
-    ])
+    with socket.create_server(("127.0.0.1", 0)) as passed:
+        port = passed.getsockname()[1]
+        argv, env = socket_activation(passed, [
+            activate, "--fdname", "web",
+            *fdpass_run("-l", f"http=127.0.0.1:{port}", "--", sys.executable, str(HELPERS / "report_listen_fds.py")),
+        ])
+        child = children.start(argv, env=clean_environment(env), pass_fds=(passed.fileno(),))
     # systemd 252's systemd-socket-activate starts the command on the first connection.
     with connect_with_retry(("127.0.0.1", port)):
         report = child.read_json()

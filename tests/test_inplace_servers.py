@@ -19,22 +19,22 @@ import pytest
 from conftest import HELPERS
 from loadgen import (
     Load,
-    free_port,
     group_is_gone,
+    logged_port,
     restart_under_load,
     supervisor_restarted,
     wait_for_server,
 )
 
 EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
-EXAMPLE_STARTED = re.compile(r"run (\d+): PID \d+ serving on 127\.0\.0\.1:\d+")
+EXAMPLE_STARTED = re.compile(r"run (\d+): PID \d+ serving on 127\.0\.0\.1:(\d+)")
 
 pytestmark = pytest.mark.timeout(120)
 
 
-def check_in_place_restarts(server, port: int, read_run: Callable[[], int]) -> None:
-    """Restart server in place twice under load; read_run() returns the run number each run prints."""
-    runs = [read_run()]
+def check_in_place_restarts(server, port: int, read_run: Callable[[], int], first_run: int) -> None:
+    """Restart server in place twice under load; read_run() returns the run number each later run prints."""
+    runs = [first_run]
     wait_for_server(port)
 
     def restarted(number: int) -> bool:
@@ -64,35 +64,38 @@ def check_in_place_restarts(server, port: int, read_run: Callable[[], int]) -> N
 
 def test_asyncio_start_server_restarts_in_place(children):
     """examples/asyncio_restart.py (asyncio.start_server(sock=...)) keeps its listener through two reexec() calls."""
-    port = free_port()
-    server = children.python(str(EXAMPLES / "asyncio_restart.py"), str(port))
+    server = children.python(str(EXAMPLES / "asyncio_restart.py"), "0")
+    ports = []
 
     def read_run() -> int:
         match = EXAMPLE_STARTED.fullmatch(server.readline())
         assert match is not None
+        ports.append(int(match.group(2)))
         return int(match.group(1))
 
-    check_in_place_restarts(server, port, read_run)
+    first_run = read_run()
+    check_in_place_restarts(server, ports[0], read_run, first_run)
+    assert set(ports) == {ports[0]}
 
 
 def test_socketserver_restarts_in_place(children):
     """socketserver.TCPServer keeps its listener through two reexec() calls under load."""
-    port = free_port()
-    server = children.python(str(HELPERS / "socketserver_server.py"), str(port))
-    check_in_place_restarts(server, port, lambda: int(server.read_json()["generation"]))
+    server = children.python(str(HELPERS / "socketserver_server.py"), "0")
+    first = server.read_json()
+    check_in_place_restarts(server, first["port"], lambda: int(server.read_json()["generation"]), first["generation"])
 
 
 def test_asyncio_create_server_under_supervisor(children, seen_groups):
     """loop.create_server(sock=...) under fdpass run: two supervised restarts under load drop nothing."""
-    port = free_port()
     supervisor = children.start(
         [
             sys.executable, "-m", "fdpass", "-v", "run",
-            "--listen", f"http=127.0.0.1:{port}", "--restart-on", "HUP", "--stop-timeout", "20",
+            "--listen", "http=127.0.0.1:0", "--restart-on", "HUP", "--stop-timeout", "20",
             "--", sys.executable, str(HELPERS / "asyncio_server.py"),
         ],
         stdout=None,
     )
+    port = logged_port(supervisor.stderr_text)
     wait_for_server(port)
     load = Load(port)
     try:

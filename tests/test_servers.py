@@ -17,8 +17,8 @@ from conftest import HELPERS
 from loadgen import (
     SHUTDOWN_DROPS,
     Load,
-    free_port,
     group_is_gone,
+    logged_port,
     restart_under_load,
     supervisor_restarted,
     wait_for_server,
@@ -32,17 +32,19 @@ def require(module: str) -> None:
         pytest.skip(f"{module} is not installed; install the [test] extra")
 
 
-def supervise(children, port: int, *command: str, ready: str = "notify"):
-    return children.start(
+def supervise(children, *command: str, ready: str = "notify"):
+    """Start command under fdpass run --restart-on HUP on a free port; return (supervisor, port)."""
+    supervisor = children.start(
         [
             sys.executable, "-m", "fdpass", "-v", "run",
-            "--listen", f"http=127.0.0.1:{port}",
+            "--listen", "http=127.0.0.1:0",
             "--restart-on", "HUP", "--ready", ready, "--stop-timeout", "20",
             "--", *command,
         ],
         stdout=None,
         cwd=str(HELPERS),
     )
+    return supervisor, logged_port(supervisor.stderr_text)
 
 
 def check_restarts_under_load(
@@ -77,9 +79,8 @@ def check_restarts_under_load(
 def test_gunicorn_restart_under_load(children, seen_groups):
     """gunicorn adopts the socket through LISTEN_FDS, and READY=1 from its master ends each restart."""
     require("gunicorn")
-    port = free_port()
-    supervisor = supervise(
-        children, port,
+    supervisor, port = supervise(
+        children,
         sys.executable, "-m", "gunicorn", "--workers", "2", "--graceful-timeout", "10", "wsgi_app:app",
     )
     check_restarts_under_load(supervisor, port, seen_groups)
@@ -88,9 +89,8 @@ def test_gunicorn_restart_under_load(children, seen_groups):
 def test_uvicorn_restart_under_load(children, seen_groups):
     """uvicorn serves the passed socket with --fd 3; the app's lifespan startup sends READY=1."""
     require("uvicorn")
-    port = free_port()
-    supervisor = supervise(
-        children, port,
+    supervisor, port = supervise(
+        children,
         sys.executable, "-m", "uvicorn", "--fd", "3", "--lifespan", "on", "--log-level", "warning", "asgi_app:app",
     )
     # NOTE: uvicorn resets a connection it accepted but had not read when its
@@ -101,9 +101,8 @@ def test_uvicorn_restart_under_load(children, seen_groups):
 def test_hypercorn_restart_under_load(children, seen_groups):
     """hypercorn serves the passed socket with --bind fd://3; a new one counts as ready after 2 s."""
     require("hypercorn")
-    port = free_port()
-    supervisor = supervise(
-        children, port,
+    supervisor, port = supervise(
+        children,
         sys.executable, "-m", "hypercorn", "--bind", "fd://3", "--graceful-timeout", "10", "asgi_app:app",
         ready="2",
     )

@@ -2,8 +2,8 @@
 
 tests/data/systemd holds the socket unit and the service unit that
 docs/systemd.md shows. This test runs the service's ExecStart= command line
-the way systemd would: under systemd-socket-activate with the socket unit's
-address and FileDescriptorName=, in WorkingDirectory=, with NOTIFY_SOCKET
+the way systemd would: under systemd-socket-activate with a socket bound as
+the socket unit's ListenStream= (on a free port) and its FileDescriptorName=, in WorkingDirectory=, with NOTIFY_SOCKET
 pointing at a socket the test reads in place of systemd's. Only the install
 paths, the port and the runtime directory are replaced. Then it runs
 ExecReload= under client load and stops the service as KillMode=mixed does.
@@ -23,8 +23,8 @@ import subprocess
 import sys
 
 import pytest
-from conftest import HELPERS
-from loadgen import Load, fetch, free_port, group_is_gone, wait_for_server, wait_until
+from conftest import HELPERS, clean_environment
+from loadgen import Load, fetch, group_is_gone, socket_activation, wait_for_server, wait_until
 
 UNITS = pathlib.Path(__file__).parent / "data" / "systemd"
 INSTALL_PREFIX = "/opt/app/venv/bin/"
@@ -117,19 +117,22 @@ def test_documented_units_run_under_socket_activation(children, tmp_path, seen_g
     assert service_unit["NotifyAccess"] == "main"
     assert int(service_unit["FileDescriptorStoreMax"]) >= 2
 
-    port = free_port()
+    # The socket unit's role: bind ListenStream= (on a free port here) and pass
+    # it to systemd-socket-activate, which passes it on with FileDescriptorName=.
+    unit_socket = socket.create_server(("127.0.0.1", 0))
+    port = unit_socket.getsockname()[1]
     runtime_directory = tmp_path / "run"
     runtime_directory.mkdir()
     manager = FakeManagerSocket(tmp_path / "notify")
     command = local_command(service_unit["ExecStart"], port, runtime_directory)
+    argv, env = socket_activation(unit_socket, [
+        activate, f"--fdname={socket_unit['FileDescriptorName']}",
+        "-E", f"NOTIFY_SOCKET={manager.path}", "-E", "PYTHONUNBUFFERED=1", *command,
+    ])
     service = children.start(
-        [
-            activate, "--listen", f"127.0.0.1:{port}", f"--fdname={socket_unit['FileDescriptorName']}",
-            "-E", f"NOTIFY_SOCKET={manager.path}", "-E", "PYTHONUNBUFFERED=1", *command,
-        ],
-        cwd=str(HELPERS),
-        stdout=None,
+        argv, env=clean_environment(env), pass_fds=(unit_socket.fileno(),), cwd=str(HELPERS), stdout=None
     )
+    unit_socket.close()
     try:
         # systemd 252's systemd-socket-activate starts the service on the first connection.
         wait_for_server(port)
