@@ -19,7 +19,6 @@ from collections.abc import Iterator, Mapping, Sequence
 
 from fdpass import _log, _native, _socket_env, command, protocol, rebuild
 from fdpass import state as state_module
-from fdpass.addresses import bind_new_socket, matches_bound_address, resolve
 
 # typing and logging cost milliseconds to import, which every restart would
 # pay, so neither is imported at run time. mypy reads this name as typing's.
@@ -293,6 +292,9 @@ def listen(
         OSError: the socket cannot be created or bound; the message names the
             address.
     """
+    # Imported here, so that a program that never calls listen() does not load it.
+    from fdpass.addresses import bind_new_socket, matches_bound_address, resolve
+
     target = resolve(address, type)
     if backlog is not None and (isinstance(backlog, bool) or not isinstance(backlog, int) or backlog < 0):
         raise ValueError(f"backlog must be a non-negative int or None, not {backlog!r}")
