@@ -46,6 +46,8 @@ if TYPE_CHECKING:
 READY_FD_NAME = "fdpass-ready"
 #: LISTEN_FDNAMES name of the pipe that reads EOF once the previous generation exits.
 PARENT_FD_NAME = "fdpass-parent"
+#: The environment variable with the PID of the generation that started this one.
+PARENT_PID_VARIABLE = "FDPASS_PARENT_PID"
 
 _RESERVED_NAMES = frozenset({READY_FD_NAME, PARENT_FD_NAME, state_module.STATE_FD_NAME})
 
@@ -154,6 +156,18 @@ def _inherited_pipe(inherited: restart.Inherited, name: str) -> IO[bytes] | None
     return pipe
 
 
+def _parent_pid() -> int:
+    """Return the PID of the generation that started this one, and remove its variable.
+
+    The variable is read rather than os.getppid(), which names a reaper
+    instead once the parent has exited.
+    """
+    text = os.environ.pop(PARENT_PID_VARIABLE, "")
+    if text.isascii() and text.isdigit() and int(text) > 0:
+        return int(text)
+    return os.getppid()
+
+
 def _close_quietly(fd: int | None) -> None:
     if fd is None or fd < 0:
         return
@@ -221,7 +235,7 @@ class Upgrader:
 
         self._ready_pipe = _inherited_pipe(inherited, READY_FD_NAME)
         self._parent_pipe = _inherited_pipe(inherited, PARENT_FD_NAME)
-        self._parent_pid = os.getppid() if self._parent_pipe is not None else None
+        self._parent_pid = _parent_pid() if self._parent_pipe is not None else None
         self._parent_gone = self._parent_pipe is None
 
     def __repr__(self) -> str:
@@ -454,6 +468,12 @@ class Upgrader:
         """
         global _active
 
+        # Free the slot first, so that a second stop() that returns early
+        # below never leaves it taken while the first one finishes.
+        with _active_lock:
+            if _active is self:
+                _active = None
+
         with self._lock:
             if self._state == _STOPPED:
                 return
@@ -463,9 +483,6 @@ class Upgrader:
         if ready_pipe is not None:
             ready_pipe.close()
         self._signal_exit()
-        with _active_lock:
-            if _active is self:
-                _active = None
         _log.info("generation PID %d stopped taking part in upgrades", os.getpid())
 
     # The steps of an upgrade.
@@ -524,6 +541,7 @@ class Upgrader:
 
         environ = dict(os.environ)
         environ.pop(_socket_env.VARIABLE, None)
+        environ[PARENT_PID_VARIABLE] = str(os.getpid())
         start = command.current(environ)
         environ.update(start.env_updates)
         path = os.fsencode(start.executable)

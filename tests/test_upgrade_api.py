@@ -111,15 +111,19 @@ def test_wait_exit_async_wakes_on_stop_from_thread():
     """wait_exit_async() returns once another thread calls stop()."""
     upgrader = fdpass.Upgrader()
 
+    stopper = threading.Thread(target=upgrader.stop)
+
     async def main() -> None:
         waiter = asyncio.ensure_future(upgrader.wait_exit_async())
         await asyncio.sleep(0)
-        threading.Thread(target=upgrader.stop).start()
+        stopper.start()
         await asyncio.wait_for(waiter, 10)
 
     try:
         asyncio.run(main())
     finally:
+        if stopper.is_alive():
+            stopper.join(10)
         upgrader.stop()
     assert upgrader.wait_exit(timeout=0) is True
 
