@@ -12,7 +12,8 @@ A child is ready when it, or a process it started, sends READY=1 to the
 NOTIFY_SOCKET the supervisor sets for it (sd_notify(3)), or, with a number of
 seconds as the ready mode, when it still runs after that many seconds.
 
-SIGTERM, SIGINT and SIGQUIT are forwarded to every running child. The
+SIGTERM, SIGINT and SIGQUIT, and SIGHUP unless it is the restart signal,
+are forwarded to every running child. The
 supervisor exits with the status of the serving child, or 128+N if signal N
 ended it. Each child leads its own process group, so a terminal's Ctrl-C
 reaches the child only through the supervisor, and gets SIGKILL if the
@@ -41,7 +42,8 @@ from fdpass import _native, notify, protocol
 log = logging.getLogger("fdpass")
 
 #: Signals forwarded to the children; each one also ends the supervisor
-#: once the children have exited.
+#: once the children have exited. SIGHUP joins them when it is not the
+#: restart signal, so a closed terminal stops the children gracefully.
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 
 #: How many parent links a READY=1 sender may be away from a child.
@@ -180,6 +182,11 @@ class Supervisor:
         self.executable = os.fsencode(executable)
         self.listeners = list(listeners)
         self.restart_signal = restart_signal
+        self.forwarded_signals = set(FORWARDED_SIGNALS)
+        if restart_signal != signal.SIGHUP:
+            self.forwarded_signals.add(signal.SIGHUP)
+        # NOTE: readiness is READY=1 or a fixed delay; the supervisor cannot
+        # see by itself when a child has started to accept.
         self.ready_mode = ready
         self.ready_timeout = ready_timeout
         self.stop_timeout = stop_timeout
@@ -409,7 +416,7 @@ class Supervisor:
 
     @contextlib.contextmanager
     def _signal_handling(self) -> Iterator[None]:
-        handled = (signal.SIGCHLD, self.restart_signal, *FORWARDED_SIGNALS)
+        handled = (signal.SIGCHLD, self.restart_signal, *self.forwarded_signals)
         self._wakeup_write.setblocking(False)
         self._wakeup_read.setblocking(False)
         previous_wakeup = signal.set_wakeup_fd(self._wakeup_write.fileno(), warn_on_full_buffer=False)
@@ -433,7 +440,7 @@ class Supervisor:
                 self._reap()
             elif signum == self.restart_signal:
                 self._on_restart_signal()
-            elif signum in FORWARDED_SIGNALS:
+            elif signum in self.forwarded_signals:
                 self._on_forwarded_signal(signum)
 
     def _send_fd_store(self) -> None:
@@ -485,13 +492,20 @@ class Supervisor:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 log.debug("PID %d exited before SIGKILL reached it", pid)
+        # NOTE: list_children() needs CONFIG_PROC_CHILDREN; without it an orphan
+        # is not signalled, so the wait below gives up after stop_timeout.
+        deadline = time.monotonic() + self.stop_timeout
         while True:
             try:
-                pid, status = os.waitpid(-1, 0)
+                pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
                 return
-            except InterruptedError:
-                continue
             if pid > 0:
                 log.debug("reaped orphan PID %d (status %d)", pid, exit_code(status))
+                continue
+            if time.monotonic() > deadline:
+                log.warning("children of PID %d still run %g s after COMMAND exited; exiting without them",
+                            os.getpid(), self.stop_timeout)
+                return
+            time.sleep(0.05)
 

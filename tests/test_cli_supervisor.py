@@ -216,3 +216,15 @@ def test_bad_restart_signal(children, value):
 
     assert status == 2
     assert "--restart-on" in stderr
+
+
+def test_sighup_is_forwarded_when_not_restart_signal(children, tmp_path, seen_groups):
+    """With --restart-on USR2, SIGHUP stops the child like SIGTERM instead of killing fdpass."""
+    supervisor = start_supervisor(children, tmp_path, "ready")
+    report = supervisor.read_json()
+    seen_groups.add(report["pgid"])
+    wait_for_log(supervisor, "is ready (READY=1")
+
+    supervisor.popen.send_signal(signal.SIGHUP)
+    assert supervisor.wait() == 0
+    assert f"SIGHUP received; forwarding it to PIDs {report['pid']}" in supervisor.stderr_text()

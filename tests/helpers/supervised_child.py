@@ -3,8 +3,9 @@
 Usage: supervised_child.py COUNTER_FILE MODE [MODE...]
 
 Run N (counted in COUNTER_FILE, from 0) takes MODE number N, or the last one:
-- ready: send READY=1 to NOTIFY_SOCKET, then wait for SIGTERM and exit 0;
-- silent: never send READY=1, wait for SIGTERM and exit 0;
+- ready: send READY=1 to NOTIFY_SOCKET, then wait for SIGTERM, SIGINT or
+  SIGHUP and exit 0;
+- silent: never send READY=1, wait for one of those signals and exit 0;
 - exit:CODE: exit with CODE at once;
 - orphan:CODE: start `sleep 300`, then exit with CODE, leaving it behind.
 Each run first prints one JSON line about itself.
@@ -53,7 +54,8 @@ if kind == "ready":
         sock.sendall(b"READY=1\nSTATUS=test child ready")
 
 stop = []
-signal.signal(signal.SIGTERM, lambda signum, frame: stop.append(signum))
+for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    signal.signal(signum, lambda signum, frame: stop.append(signum))
 deadline = time.monotonic() + 60
 while not stop and time.monotonic() < deadline:
     time.sleep(0.02)
