@@ -313,6 +313,19 @@ def test_unpassed_fds_never_reach_child(start_generations, tmp_path):
     assert ready["listen_pid"] == str(ready["pid"])
 
 
+def test_upgrade_passes_extra_fds(start_generations, tmp_path):
+    """upgrade(fds=...) hands more fds to the new generation under their names."""
+    passed = tmp_path / "passed.txt"
+    passed.write_text("handed over")
+    generations = start_generations(pass_file=str(passed))
+    assert generations.events[0]["passed_file"] is None
+
+    _, ready = generations.upgrade()
+
+    assert ready["passed_file"] == "handed over"
+    assert str(passed) in ready["fds"].values()
+
+
 def test_busy_threads_upgrade_without_warning(start_generations):
     """Upgrades from a program with four busy threads raise no warning and do not deadlock."""
     generations = start_generations("--busy-threads", "4")

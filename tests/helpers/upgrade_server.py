@@ -17,6 +17,8 @@ when it exits, so the test can steer the next generation:
 - "linger": seconds the old generation stays alive after it stopped serving.
 - "extra_fd": a file path that the first generation opens inheritable and
   does not pass on.
+- "pass_file": a file path that each upgrade opens and passes with
+  upgrade(fds={"passed-file": fd}); the new generation reports what it reads.
 
 With --asyncio, upgrades, wait_exit() and wait_for_parent() run through the
 Upgrader's asyncio variants.
@@ -65,6 +67,16 @@ def fd_targets() -> dict[str, str]:
         except OSError:
             continue
     return targets
+
+
+def passed_file_content() -> str | None:
+    """Return the content of the inherited fd named "passed-file", or None."""
+    inherited = fdpass.inherit()
+    if "passed-file" not in inherited:
+        return None
+    stream = inherited["passed-file"]
+    stream.seek(0)
+    return stream.read().decode()
 
 
 def handle(conn: socket.socket) -> None:
@@ -167,15 +179,20 @@ def main() -> int:
     def upgrade() -> None:
         upgrades[0] += 1
         payload = f"state from {os.getpid()} #{upgrades[0]}".encode()
+        pass_file = read_control(args.control).get("pass_file")
+        fds = {"passed-file": open(pass_file, "rb")} if pass_file else None
         try:
             if args.asyncio:
-                new_pid = asyncio.run(upgrader.upgrade_async(state=payload))
+                new_pid = asyncio.run(upgrader.upgrade_async(state=payload, fds=fds))
             else:
-                new_pid = upgrader.upgrade(state=payload)
+                new_pid = upgrader.upgrade(state=payload, fds=fds)
         except fdpass.UpgradeError as error:
             emit("upgrade-failed", error=str(error), status=error.status, new_pid=error.pid)
         else:
             emit("upgraded", new_pid=new_pid, sent_state=payload.decode(), busy=[c[0] for c in counters])
+        finally:
+            for stream in (fds or {}).values():
+                stream.close()
 
     def take_sighup() -> None:
         while True:
@@ -204,6 +221,7 @@ def main() -> int:
         address=listener.getsockname(),
         fds=fd_targets(),
         state=None if state is None else state.decode(),
+        passed_file=passed_file_content(),
     )
     if upgrader.has_parent:
         threading.Thread(target=watch_parent, daemon=True).start()
