@@ -296,8 +296,10 @@ def run_interleaved(
             turn += 1
     finally:
         for side in sides:
-            side.client.__exit__()
-            side.server.kill()
+            try:
+                side.client.__exit__()
+            finally:
+                side.server.kill()
 
     return {side.library: side.raw() for side in sides}
 
