@@ -228,6 +228,9 @@ class Side:
                 if "Address already in use" not in server.stderr_path.read_text():
                     raise
                 continue
+            except BaseException:
+                server.kill()
+                raise
             return server
         raise RuntimeError(f"the {self.library} server found no free port in 3 attempts")
 
