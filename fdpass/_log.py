@@ -22,11 +22,17 @@ if TYPE_CHECKING:
 
 
 def logger(import_if_missing: bool = False) -> logging.Logger | None:
-    """Return logging.getLogger("fdpass"), or None if logging is not imported yet."""
+    """Return logging.getLogger("fdpass"), or None if logging is not imported and cannot be now."""
     if "logging" not in sys.modules and not import_if_missing:
         return None
 
-    import logging as module
+    try:
+        import logging as module
+    except (ImportError, OSError):
+        # Importing opens files and lists directories, which fails at the
+        # RLIMIT_NOFILE limit (EMFILE). The record is dropped so that the
+        # caller's own error, about to be raised, is not replaced.
+        return None
 
     return module.getLogger("fdpass")
 
