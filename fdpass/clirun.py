@@ -132,6 +132,12 @@ def add_parser(subcommands: argparse._SubParsersAction) -> None:  # type: ignore
             "COMMAND is not found.\n"
         ),
     )
+    # SUPPRESS keeps the value of `fdpass -v run` when `run -v` is not given.
+    run.add_argument(
+        "-v", "--verbose", action="count", default=argparse.SUPPRESS,
+        help="log more: -v for INFO, such as each bound address and each restart, -vv for DEBUG "
+        "(default: warnings only)",
+    )
     run.add_argument(
         "--listen", "-l", dest="listen", action="append", type=_parse_listen, required=True,
         metavar="[NAME=]ADDRESS",

@@ -162,3 +162,19 @@ def test_run_adopts_socket_from_systemd_socket_activate(children):
     assert status == 0, stderr
     assert report["env"]["LISTEN_FDNAMES"] == "http"
     assert report["sockets"][0]["address"] == ["127.0.0.1", port]
+
+
+def test_verbose_logs_bound_addresses(children, tmp_path):
+    """fdpass run -v logs each bound address, with the port that port 0 picked, and its fd and name."""
+    path = tmp_path / "api.sock"
+    child = children.start(fdpass_run(
+        "-v", "-l", "web=127.0.0.1:0", "-l", f"api=unix-dgram:{path}",
+        "--", sys.executable, str(HELPERS / "report_listen_fds.py"),
+    ))
+    report = child.read_json()
+    status, _, stderr = child.finish()
+
+    assert status == 0, stderr
+    port = report["sockets"][0]["address"][1]
+    assert f"fdpass: listening on 127.0.0.1:{port} as fd 3, named 'web'" in stderr
+    assert f"fdpass: listening on unix-dgram:{path} as fd 4, named 'api'" in stderr
