@@ -3,7 +3,7 @@
 Without --restart-on, fdpass binds every --listen address and execs COMMAND
 in its own process, with LISTEN_FDS, LISTEN_PID and LISTEN_FDNAMES set, as
 ``systemd-socket-activate`` does. With --restart-on, it stays as a small
-supervisor (fdpass.supervisor) that holds the sockets and starts a new
+supervisor (fdpass.supervisor) that keeps the sockets open and starts a new
 COMMAND on that signal.
 
 Exit codes of ``fdpass run`` itself, before COMMAND runs:

@@ -1,6 +1,6 @@
 """A bounded HTTP client load on loopback, and the restart check built on it.
 
-The servers under test answer every request with one line, "SERVER [PGID]":
+The servers under test respond to every request with one line, "SERVER [PGID]":
 SERVER names the process and generation that served it (its PID, or PID.N
 for the Nth run of a program that restarts in place), and PGID its process
 group, so the client can tell generations apart and knows which process
@@ -75,11 +75,11 @@ def fetch(port: int, timeout: float = 10.0) -> tuple[str, int]:
 
 
 class Load:
-    """Client threads that send requests in a loop until stopped, and record every answer and error."""
+    """Client threads that send requests in a loop until stopped, and record every response and error."""
 
     def __init__(self, port: int, threads: int = 4) -> None:
         self.port = port
-        self.answers: list[tuple[str, int]] = []
+        self.responses: list[tuple[str, int]] = []
         self.errors: list[str] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -91,13 +91,13 @@ class Load:
             if self._stop.is_set() or time.monotonic() > self._deadline:
                 return
             try:
-                answer = fetch(self.port)
+                response = fetch(self.port)
             except (OSError, ValueError) as error:
                 with self._lock:
                     self.errors.append(f"{type(error).__name__}: {error}")
                 continue
             with self._lock:
-                self.answers.append(answer)
+                self.responses.append(response)
 
     def refused(self) -> list[str]:
         """Return the errors that are refused connections."""
@@ -111,19 +111,21 @@ class Load:
 
     def count(self) -> int:
         with self._lock:
-            return len(self.answers)
+            return len(self.responses)
 
     def servers_since(self, index: int) -> set[str]:
         with self._lock:
-            return {server for server, _ in self.answers[index:]}
+            return {server for server, _ in self.responses[index:]}
 
     def process_groups(self) -> set[int]:
         with self._lock:
-            return {pgid for _, pgid in self.answers if pgid > 0}
+            return {pgid for _, pgid in self.responses if pgid > 0}
 
-    def wait_for_answers(self, count: int, timeout: float = 20.0) -> None:
-        """Wait until count answers have arrived in total; raise TimeoutError naming the errors seen."""
-        wait_until(lambda: self.count() >= count, timeout, lambda: f"{self.count()} answers, errors {self.errors[:5]}")
+    def wait_for_responses(self, count: int, timeout: float = 20.0) -> None:
+        """Wait until count responses have arrived in total; raise TimeoutError naming the errors seen."""
+        wait_until(
+            lambda: self.count() >= count, timeout, lambda: f"{self.count()} responses, errors {self.errors[:5]}"
+        )
 
     @contextlib.contextmanager
     def running(self) -> Iterator[Load]:
@@ -147,15 +149,15 @@ def wait_until(condition: Callable[[], bool], timeout: float, describe: Callable
 
 
 def wait_for_server(port: int, timeout: float = 20.0) -> None:
-    """Wait until a request to port gets an answer."""
-    def answered() -> bool:
+    """Wait until a request to port gets a response."""
+    def responded() -> bool:
         try:
             fetch(port, timeout=5)
         except (OSError, ValueError):
             return False
         return True
 
-    wait_until(answered, timeout, lambda: f"no answer on 127.0.0.1:{port}")
+    wait_until(responded, timeout, lambda: f"no response on 127.0.0.1:{port}")
 
 
 def group_is_gone(pgid: int) -> bool:
@@ -185,8 +187,8 @@ def restart_under_load(
     """Restart the server restarts times while load runs, and check that each new generation serves.
 
     send_restart() starts a restart and restarted(n) returns True once the
-    nth restart has finished. After each one, every answer must come from a
-    server that did not answer before it.
+    nth restart has finished. After each one, every response must come from a
+    server that did not respond before it.
     """
     for number in range(1, restarts + 1):
         before = load.servers_since(0)
@@ -198,10 +200,10 @@ def restart_under_load(
         )
 
         mark = load.count()
-        load.wait_for_answers(mark + 50)
+        load.wait_for_responses(mark + 50)
         after = load.servers_since(mark)
-        assert after, "no answers after the restart"
-        assert not after & before, f"restart {number}: old servers {after & before} still answer"
+        assert after, "no responses after the restart"
+        assert not after & before, f"restart {number}: old servers {after & before} still respond"
 
 
 # Moves fd N to 3, sets LISTEN_PID to this PID and execs argv[2:], like a

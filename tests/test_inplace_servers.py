@@ -45,7 +45,7 @@ def check_in_place_restarts(server, port: int, read_run: Callable[[], int], firs
 
     load = Load(port)
     with load.running():
-        load.wait_for_answers(50)
+        load.wait_for_responses(50)
         restart_under_load(
             lambda: server.popen.send_signal(signal.SIGHUP),
             restarted,
@@ -54,7 +54,7 @@ def check_in_place_restarts(server, port: int, read_run: Callable[[], int], firs
         )
 
     assert load.errors == []
-    assert {answer.split(".")[0] for answer in load.servers_since(0)} == {str(server.pid)}
+    assert {server.split(".")[0] for server in load.servers_since(0)} == {str(server.pid)}
     assert len(load.servers_since(0)) == 3
 
     server.popen.send_signal(signal.SIGTERM)
@@ -100,7 +100,7 @@ def test_asyncio_create_server_under_supervisor(children, seen_groups):
     load = Load(port)
     try:
         with load.running():
-            load.wait_for_answers(50)
+            load.wait_for_responses(50)
             restart_under_load(
                 lambda: supervisor.popen.send_signal(signal.SIGHUP),
                 lambda number: supervisor_restarted(supervisor.stderr_text, number),

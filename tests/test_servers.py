@@ -3,7 +3,7 @@
 gunicorn reads LISTEN_FDS itself, uvicorn takes ``--fd 3`` and hypercorn
 ``--bind fd://3``. Every test sends its traffic to 127.0.0.1 only, stops the
 supervisor with SIGTERM, and at teardown sends SIGKILL to every process
-group that answered a request, so no server worker outlives the test.
+group that served a request, so no server worker outlives the test.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def check_restarts_under_load(
     load = Load(port)
     try:
         with load.running():
-            load.wait_for_answers(50)
+            load.wait_for_responses(50)
             restart_under_load(
                 lambda: supervisor.popen.send_signal(signal.SIGHUP),
                 lambda number: supervisor_restarted(supervisor.stderr_text, number),

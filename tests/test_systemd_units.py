@@ -150,15 +150,15 @@ def test_documented_units_run_under_socket_activation(children, tmp_path, seen_g
 
         load = Load(port)
         with load.running():
-            load.wait_for_answers(50)
+            load.wait_for_responses(50)
             reload_argv = shlex.split(service_unit["ExecReload"].replace("$MAINPID", str(main_pid)))
             subprocess.run(reload_argv, check=True, timeout=30)
             manager.wait_for("RELOADING", "1")
             manager.wait_for("READY", "1")
-            # The old generation is gone once the worker that answered first has exited.
+            # The old generation is gone once the worker that served first has exited.
             wait_until(lambda: pid_is_gone(int(first_server)), 30, lambda: service.stderr_text()[-3000:])
             mark = load.count()
-            load.wait_for_answers(mark + 50)
+            load.wait_for_responses(mark + 50)
         seen_groups.update(load.process_groups())
 
         assert load.errors == []
