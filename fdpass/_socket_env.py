@@ -27,6 +27,8 @@ from collections.abc import Mapping, Sequence
 
 VARIABLE = "FDPASS_SOCKETS"
 
+_INT_MAX = 2**31 - 1
+
 # The raw int members of _socket.socket. socket.socket's family and type
 # properties wrap them in enums, which costs a Python call per socket.
 _FAMILY = _socket.socket.__dict__["family"]
@@ -104,6 +106,10 @@ def decode(
             family, sock_type, protocol, nonblocking_flag = (int(part) for part in spec.split("."))
             repeat = int(repeat_text)
             if repeat < 1 or len(families) + repeat > count or nonblocking_flag not in (0, 1):
+                return None
+            # The socket constructor takes C ints and raises OverflowError
+            # beyond them; no family, type or protocol is negative.
+            if not (0 <= family <= _INT_MAX and 0 <= sock_type <= _INT_MAX and 0 <= protocol <= _INT_MAX):
                 return None
             families += [family] * repeat
             types += [sock_type] * repeat

@@ -68,6 +68,9 @@ def test_decode_round_trip():
         pytest.param("77:2:2.1.6*2", 77, 2, id="three fields"),
         pytest.param("77:2:x.1.6.0*2", 77, 2, id="not a number"),
         pytest.param("77:2", 77, 2, id="no runs"),
+        pytest.param("77:2:2.1.99999999999999999999.0*2", 77, 2, id="protocol beyond C int"),
+        pytest.param("77:2:2.4294967297.6.0*2", 77, 2, id="type beyond C int"),
+        pytest.param("77:2:-2.1.6.0*2", 77, 2, id="negative family"),
     ],
 )
 def test_decode_rejects(value, pid, count):
