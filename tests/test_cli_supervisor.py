@@ -228,3 +228,21 @@ def test_sighup_is_forwarded_when_not_restart_signal(children, tmp_path, seen_gr
     supervisor.popen.send_signal(signal.SIGHUP)
     assert supervisor.wait() == 0
     assert f"SIGHUP received; forwarding it to PIDs {report['pid']}" in supervisor.stderr_text()
+
+
+def test_stop_timeout_sends_sigkill(children, tmp_path, seen_groups):
+    """An old child that ignores SIGTERM gets SIGKILL after --stop-timeout, and the new one serves."""
+    supervisor = start_supervisor(children, tmp_path, "stubborn", "ready", options=("--stop-timeout", "0.5"))
+    first = supervisor.read_json()
+    seen_groups.add(first["pgid"])
+    wait_for_log(supervisor, "is ready (READY=1")
+
+    supervisor.popen.send_signal(signal.SIGUSR2)
+    second = supervisor.read_json()
+    seen_groups.add(second["pgid"])
+    wait_for_log(supervisor, f"PID {first['pid']} still runs 0.5 s after it was told to stop; sending SIGKILL")
+    wait_for_log(supervisor, f"old PID {first['pid']} exited with status {128 + signal.SIGKILL}")
+    assert not pid_is_gone(second["pid"])
+
+    supervisor.popen.send_signal(signal.SIGTERM)
+    assert supervisor.wait() == 0

@@ -8,6 +8,7 @@ Run N (counted in COUNTER_FILE, from 0) takes MODE number N, or the last one:
 - silent: never send READY=1, wait for one of those signals and exit 0;
 - exit:CODE: exit with CODE at once;
 - orphan:CODE: start `sleep 300`, then exit with CODE, leaving it behind.
+- stubborn: send READY=1 and ignore SIGTERM, so only SIGKILL ends it.
 Each run first prints one JSON line about itself.
 """
 
@@ -47,14 +48,20 @@ print(json.dumps(report), flush=True)
 if kind in ("exit", "orphan"):
     os._exit(int(code))
 
-if kind == "ready":
+if kind == "stubborn":
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+if kind in ("ready", "stubborn"):
     address = os.environ["NOTIFY_SOCKET"]
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
         sock.connect("\0" + address[1:] if address.startswith("@") else address)
         sock.sendall(b"READY=1\nSTATUS=test child ready")
 
 stop = []
-for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+stop_signals = [signal.SIGINT, signal.SIGHUP]
+if kind != "stubborn":
+    stop_signals.append(signal.SIGTERM)
+for signum in stop_signals:
     signal.signal(signum, lambda signum, frame: stop.append(signum))
 deadline = time.monotonic() + 60
 while not stop and time.monotonic() < deadline:
