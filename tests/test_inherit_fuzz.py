@@ -3,8 +3,8 @@
 A helper forks once per case, lays out fds on 3, 4, ... (the passed ones
 with FD_CLOEXEC clear, then closed slots and fds opened after exec with
 FD_CLOEXEC set), sets LISTEN_* and FDPASS_SOCKETS, and calls inherit().
-Whatever the variables say, inherit() must adopt only passed fds, raise
-nothing but ValueError, and leave no LISTEN_* variable behind.
+Whatever values the variables contain, inherit() must adopt only passed
+fds, raise nothing but ValueError, and leave no LISTEN_* variable behind.
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def test_inherit_adopts_only_passed_fds(fuzz_server, case):
         # Nothing was adopted, so every passed fd keeps FD_CLOEXEC clear.
         assert result["cloexec_clear"][: len(passed)] == [True] * len(passed), result
     if listen_pid in ("1", "$PID0"):
-        # LISTEN_PID names another process, so sd_listen_fds(3) rules say adopt nothing.
+        # LISTEN_PID names another process, and sd_listen_fds(3) then adopts nothing.
         assert result["adopted"] == [], result
     if result["error"] is None and result["adopted"]:
         assert result["adopted"] == list(range(3, 3 + len(result["adopted"])))

@@ -16,10 +16,10 @@ MODE is one of:
 
 Every run passes a TCP listener and the connection it accepts from the
 caller. The first run prints {"port": N} when it listens, then one JSON
-report per failed restart, with the process state before and after. The new run
-(FDPASS_FAULT_RESTARTED set) prints what it adopted and its open fds, then
-answers one connection on the listener with "alive" and echoes one line on
-the inherited connection.
+report per failed restart, with the process state before and after. The
+new run (FDPASS_FAULT_RESTARTED set) prints what it adopted and its open
+fds, then replies "alive" to one connection on the listener and echoes one
+line on the inherited connection.
 """
 
 from __future__ import annotations

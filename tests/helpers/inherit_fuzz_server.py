@@ -33,7 +33,7 @@ RESULT_FD = 300
 
 
 def move_up(fd: int) -> int:
-    """Move fd to a number at or above SCRATCH_FD, with FD_CLOEXEC set, so no slot holds it."""
+    """Move fd to a number at or above SCRATCH_FD, with FD_CLOEXEC set, so it occupies no slot."""
     moved = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, SCRATCH_FD)
     os.close(fd)
     return moved
