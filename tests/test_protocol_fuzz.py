@@ -123,7 +123,7 @@ def test_decode_returns_only_declared_fds(case):
 @FUZZ_SETTINGS
 @given(environments())
 def test_decode_ignores_other_processes(case):
-    """An environment meant for another PID decodes to no fds, whatever else it holds."""
+    """An environment meant for another PID decodes to no fds, whatever else it contains."""
     environ, pid = case
     other_pid = pid + 1
     pid_text = environ.get(protocol.LISTEN_PID, "")
