@@ -64,6 +64,9 @@ def current(environ: dict[str, str] | None = None) -> StartCommand:
 
     environ is the environment the new program will get; it is read to decide
     whether PYTHONPATH must gain the start directory of a ``-m`` run.
+
+    Raises:
+        ValueError: the program was read from standard input or is interactive.
     """
     environ = os.environ.copy() if environ is None else environ
     orig_argv = list(sys.orig_argv)
@@ -72,6 +75,12 @@ def current(environ: dict[str, str] | None = None) -> StartCommand:
 
     if not executable:
         raise RuntimeError("sys.executable is empty, so fdpass cannot find the interpreter to run again")
+    if argv and argv[0] in ("", "-"):
+        # Standard input is consumed, so a re-run would read nothing and exit.
+        raise ValueError(
+            "this program was read from standard input or runs interactively (sys.argv[0] is "
+            f"{argv[0]!r}), so it cannot be run again as it was started; pass argv= to reexec()"
+        )
     if not orig_argv or len(argv) > len(orig_argv):
         return StartCommand(executable, [executable, *argv])
 

@@ -283,7 +283,8 @@ def listen(
         backlog: the listen() backlog of a new stream or seqpacket socket;
             None means socket.SOMAXCONN.
         name: the name reexec() passes the socket under; None keeps an
-            inherited socket's name and names a new one "unknown".
+            inherited or registered socket's name and names a new one
+            "unknown". A name given for a registered socket replaces its name.
 
     The socket is registered, so reexec() with no fds passes it on.
 
@@ -305,8 +306,11 @@ def listen(
 
     with _lock:
         _prune_closed_listeners()
-        for sock, _ in _listeners:
+        for index, (sock, registered_name) in enumerate(_listeners):
             if matches_bound_address(sock, target, listening=None):
+                # An explicit name renames the registered socket; reexec() passes it under the latest one.
+                if name is not None and name != registered_name:
+                    _listeners[index] = (sock, name)
                 return sock
 
         for description, obj in zip(inherited.descriptions, inherited.objects, strict=True):
@@ -494,6 +498,18 @@ def _encode_environment(env: Mapping[str, str]) -> list[bytes]:
     return encoded
 
 
+def _encode_executable(executable: object) -> bytes:
+    if not isinstance(executable, (str, bytes, os.PathLike)):
+        raise TypeError(
+            f"executable must be a path as str, bytes or os.PathLike, not {type(executable).__name__}: {executable!r}"
+        )
+
+    path = os.fsencode(executable)
+    if not path or b"\0" in path:
+        raise ValueError(f"executable {executable!r} must be a non-empty path without NUL")
+    return path
+
+
 def _encode_argv(argv: Sequence[str | bytes]) -> list[bytes]:
     if isinstance(argv, (str, bytes)) or not argv:
         raise ValueError(f"argv must be a non-empty sequence of str or bytes, not {argv!r}")
@@ -557,8 +573,14 @@ def reexec(
             return f"listener {defaults[index][0]!r} ({defaults[index][1]!r})"
     else:
         items, numbers, names, label = _resolve_fds(fds)
+    if state_module.STATE_FD_NAME in names:
+        raise ValueError(
+            f"the fd name {state_module.STATE_FD_NAME!r} is reserved for reexec(state=...); pick another name"
+        )
     state_bytes = None if state is None else state_module.to_bytes(state)
 
+    if env is not None and not isinstance(env, Mapping):
+        raise TypeError(f"env must be a mapping from str to str, not {type(env).__name__}: {env!r}")
     environ = dict(os.environ if env is None else env)
     if argv is None:
         start = command.current(environ)
@@ -582,8 +604,8 @@ def reexec(
     if socket_spec is not None:
         environ[_socket_env.VARIABLE] = socket_spec
 
-    path_bytes = os.fsencode(exec_path)
     argv_bytes = _encode_argv(exec_argv)
+    path_bytes = _encode_executable(exec_path)
     envp_bytes = _encode_environment(environ)
 
     state_fd = None if state_bytes is None else state_module.create_state_fd(state_bytes)
@@ -611,4 +633,12 @@ def reexec(
     _log.warning(
         "restart failed: execve(%s): %s; the program keeps running", os.fsdecode(path_bytes), os.strerror(errno)
     )
+    if errno == errno_module.EMFILE:
+        # Each moved fd is copied once above the targets, so a failed exec can restore the slot it overwrote.
+        raise OSError(
+            errno,
+            f"{os.strerror(errno)}: moving {len(numbers)} fds into place needs up to {len(numbers)} free fds "
+            "below the RLIMIT_NOFILE soft limit; raise it with resource.setrlimit() or close unused fds",
+            os.fsdecode(path_bytes),
+        )
     raise OSError(errno, os.strerror(errno), os.fsdecode(path_bytes))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+import subprocess
+
 import pytest
 
 #: label -> (exception types allowed, text the message must contain).
@@ -30,6 +33,11 @@ CASES = {
     "argv empty": (("ValueError",), "argv"),
     "argv with NUL": (("ValueError",), "argv[1]"),
     "env value not str": (("TypeError",), "'A'"),
+    "env is list": (("TypeError",), "env"),
+    "env is str": (("TypeError",), "env"),
+    "executable with NUL": (("ValueError",), "executable"),
+    "executable is int": (("TypeError",), "executable"),
+    "reserved state name": (("ValueError",), "'fdpass-state'"),
 }
 
 
@@ -56,3 +64,60 @@ def test_bad_input_rejected(results, label):
 def test_name_of_255_characters_accepted(results):
     """A 255-character name passes validation, so only the exec fails."""
     assert results["name of 255 characters"]["type"] == "FileNotFoundError"
+
+
+def test_program_from_stdin_not_rerun(children):
+    """A program read from standard input gets ValueError, because a re-run would read nothing."""
+    child = children.python(
+        "-",
+        stdin=subprocess.PIPE,
+    )
+    assert child.popen.stdin is not None
+    child.popen.stdin.write(
+        b"import fdpass\n"
+        b"try:\n"
+        b"    fdpass.reexec([])\n"
+        b"except ValueError as error:\n"
+        b"    print('ValueError', error, flush=True)\n"
+    )
+    child.popen.stdin.close()
+
+    line = child.readline()
+    status, _, stderr = child.finish()
+
+    assert status == 0, stderr
+    assert line.startswith("ValueError")
+    assert "argv=" in line
+
+
+def test_emfile_message_names_limit(children):
+    """An exec that runs out of fd slots raises EMFILE saying how many free fds it needs."""
+    # Ten /dev/null fds push the sockets above their targets 3..82, so each
+    # move needs a spare copy, and 90 open fds plus 80 copies exceed 120.
+    code = (
+        "import os, resource, socket, sys, fdpass\n"
+        "if os.environ.get('EMFILE_TEST_RAN'):\n"
+        "    print('executed', flush=True)\n"
+        "    sys.exit(3)\n"
+        "os.environ['EMFILE_TEST_RAN'] = '1'\n"
+        "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (120, hard))\n"
+        "placeholders = [os.open(os.devnull, os.O_RDONLY) for _ in range(10)]\n"
+        "socks = [socket.socket() for _ in range(80)]\n"
+        "try:\n"
+        "    fdpass.reexec(socks)\n"
+        "except OSError as error:\n"
+        "    print(error.errno, error, flush=True)\n"
+        "    socks[0].bind(('127.0.0.1', 0))\n"
+        "    print('still usable', flush=True)\n"
+    )
+    child = children.python("-c", code)
+
+    line = child.readline()
+    usable = child.readline()
+    status, _, stderr = child.finish()
+
+    assert status == 0, stderr
+    assert line.startswith(f"{errno.EMFILE} ")
+    assert "needs up to 80 free fds" in line
+    assert usable == "still usable"

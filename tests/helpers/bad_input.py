@@ -63,6 +63,11 @@ def main() -> None:
         "argv empty": lambda: fdpass.reexec([sock], argv=[]),
         "argv with NUL": lambda: fdpass.reexec([sock], argv=[sys.executable, "a\0b"]),
         "env value not str": lambda: fdpass.reexec([sock], env={"A": 1}),
+        "env is list": lambda: fdpass.reexec([sock], env=[("A", "B")]),
+        "env is str": lambda: fdpass.reexec([sock], env="A=B"),
+        "executable with NUL": lambda: fdpass.reexec([sock], executable="/bin/echo\0-x", argv=["echo", "hi"]),
+        "executable is int": lambda: fdpass.reexec([sock], executable=3),
+        "reserved state name": lambda: fdpass.reexec({"fdpass-state": sock}, state=b"x"),
     }
 
     before = process_state()
