@@ -208,3 +208,20 @@ def test_listen_skips_accepted_connections(children, tmp_path):
     assert report["udp_type"] == socket.SOCK_DGRAM
     assert report["udp_port"] == report["port"]
     assert report["udp_is_inherited"] is False
+
+
+def test_listen_again_renames_listener(children):
+    """listen() on a registered address returns the same socket, now registered under the new name."""
+    code = (
+        "import json, fdpass\n"
+        "first = fdpass.listen(('127.0.0.1', 0), name='a')\n"
+        "second = fdpass.listen(first.getsockname(), name='b')\n"
+        "print(json.dumps({'same': first is second, 'names': [n for n, _ in fdpass.listeners()]}), flush=True)\n"
+    )
+    child = children.python("-c", code)
+    report = child.read_json()
+    status, _, stderr = child.finish()
+
+    assert status == 0, stderr
+    assert report["same"] is True
+    assert report["names"] == ["b"]
