@@ -71,7 +71,7 @@ def _split_name(text: str) -> tuple[str | None, str]:
 
 def _parse_port(text: str, port_text: str) -> int:
     if not port_text.isascii() or not port_text.isdigit():
-        raise ValueError(f"{text!r}: port {port_text!r} is not a number; expected 0 to 65535")
+        raise ValueError(f"{text!r}: port {port_text!r} is not a port number; expected an integer from 0 to 65535")
     port = int(port_text)
     if port > 65535:
         raise ValueError(f"{text!r}: port {port} is out of range; expected 0 to 65535")
@@ -94,6 +94,11 @@ def _parse_inet(text: str, rest: str) -> tuple[str, int]:
     host, colon, port_text = rest.rpartition(":")
     if not colon:
         raise ValueError(f"{text!r}: missing port; expected {FORMS}")
+    if "=" in host:
+        raise ValueError(
+            f"{text!r}: {text.partition('=')[0]!r} before '=' is not a valid name, because a name "
+            "cannot contain ':'; write NAME=ADDRESS"
+        )
     if ":" in host:
         raise ValueError(f"{text!r}: an IPv6 address needs brackets, as in [{host}]:{port_text}")
     if not host:
@@ -109,6 +114,8 @@ def _parse_unix(text: str, rest: str) -> str:
         raise ValueError(f"{text!r}: missing path; write unix:/PATH or unix:@ABSTRACT")
     if "\0" in rest:
         raise ValueError(f"{text!r}: the path contains NUL; write an abstract name as unix:@NAME")
+    if rest == "@":
+        raise ValueError(f"{text!r}: the abstract name after '@' is empty; write unix:@NAME")
     if rest.startswith("@"):
         return "\0" + rest[1:]
     return rest

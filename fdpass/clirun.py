@@ -155,18 +155,18 @@ def add_parser(subcommands: argparse._SubParsersAction) -> None:  # type: ignore
         "(default: none, so fdpass execs COMMAND and is gone)",
     )
     run.add_argument(
-        "--ready", type=_ready_mode, default="notify", metavar="notify|SECONDS",
+        "--ready", type=_ready_mode, default=None, metavar="notify|SECONDS",
         help="with --restart-on, when a new COMMAND counts as ready, so the old one is stopped: "
         "'notify' waits for READY=1 on the NOTIFY_SOCKET that fdpass sets; a number of seconds "
         "waits that long and checks that COMMAND still runs (default: notify)",
     )
     run.add_argument(
-        "--ready-timeout", type=_positive_seconds, default=60.0, metavar="SECONDS",
+        "--ready-timeout", type=_positive_seconds, default=None, metavar="SECONDS",
         help="with --ready notify, seconds to wait for READY=1 before the restart is given up "
         "and the new COMMAND is stopped; the old one keeps serving (default: 60)",
     )
     run.add_argument(
-        "--stop-timeout", type=_positive_seconds, default=30.0, metavar="SECONDS",
+        "--stop-timeout", type=_positive_seconds, default=None, metavar="SECONDS",
         help="seconds between SIGTERM and SIGKILL when fdpass stops a COMMAND (default: 30)",
     )
     run.add_argument(
@@ -287,9 +287,9 @@ def _supervise(
             executable,
             listeners,
             restart_signal=args.restart_on,
-            ready=args.ready,
-            ready_timeout=args.ready_timeout,
-            stop_timeout=args.stop_timeout,
+            ready="notify" if args.ready is None else args.ready,
+            ready_timeout=60.0 if args.ready_timeout is None else args.ready_timeout,
+            stop_timeout=30.0 if args.stop_timeout is None else args.stop_timeout,
         ).run()
     except OSError as error:
         code = EXIT_NOT_FOUND if error.errno == errno_module.ENOENT else EXIT_CANNOT_EXECUTE
@@ -306,6 +306,12 @@ def main(args: argparse.Namespace) -> int:
         listeners = bind_all(args.listen, args.backlog)
 
         if args.restart_on is None:
+            for option in ("ready", "ready_timeout", "stop_timeout"):
+                if getattr(args, option) is not None:
+                    flag = "--" + option.replace("_", "-")
+                    raise RunError(
+                        f"{flag} applies only to the supervisor; add --restart-on SIGNAL or drop {flag}", EXIT_USAGE
+                    )
             return _exec(command, executable)
 
         return _supervise(args, command, executable, listeners)

@@ -132,6 +132,16 @@ def test_missing_command_is_reported(children):
     assert "missing COMMAND" in stderr
 
 
+@pytest.mark.parametrize("option", [["--ready", "5"], ["--ready-timeout", "5"], ["--stop-timeout", "5"]])
+def test_supervisor_option_without_restart_on(children, option):
+    """A supervisor-only option without --restart-on gives exit 2 naming the option."""
+    child = children.start(fdpass_run("-l", "127.0.0.1:0", *option, "--", "true"))
+    status, _, stderr = child.finish()
+
+    assert status == 2
+    assert f"{option[0]} applies only to the supervisor" in stderr
+
+
 def test_repeated_address_is_reported(children):
     """The same address given twice gives exit 2 naming both values."""
     address = f"unix:@fdpass-test-repeat-{os.getpid()}"

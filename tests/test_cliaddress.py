@@ -42,9 +42,9 @@ def test_parse_valid(text, name, address, sock_type):
 INVALID = [
     ("8000", "missing port"),
     ("127.0.0.1", "missing port"),
-    ("127.0.0.1:http", "not a number"),
+    ("127.0.0.1:http", "not a port number"),
     ("127.0.0.1:65536", "out of range"),
-    ("127.0.0.1:-1", "not a number"),
+    ("127.0.0.1:-1", "not a port number"),
     (":8000", "missing host"),
     ("::1:80", "needs brackets"),
     ("[::1:80", "no matching ']'"),
@@ -53,6 +53,8 @@ INVALID = [
     ("udp:", "not an address"),
     ("/run/app.sock", "not an address"),
     ("unix:", "missing path"),
+    ("unix:@", "abstract name after '@' is empty"),
+    ("a:b=127.0.0.1:0", "cannot contain ':'"),
     ("=127.0.0.1:80", "name before '=' is empty"),
     ("b\x01d=127.0.0.1:80", "printable ASCII"),
 ]
