@@ -112,12 +112,17 @@ def write_pid_file(path: str, pid: int) -> None:
     """Write pid to path atomically: a temporary file in the same directory, then rename().
 
     A reader sees either the old content or the new one, never a partial
-    write.
+    write. An OSError names path, not the temporary file.
     """
     directory, name = os.path.split(path)
     # The PID and random bytes keep concurrent writers from sharing a name.
     temporary = os.path.join(directory, f".{name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    try:
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    except OSError as error:
+        raise OSError(
+            error.errno, f"cannot write the PID file: {error.strerror}; check that its directory exists", path
+        ) from None
     try:
         os.write(fd, f"{pid}\n".encode())
         os.close(fd)

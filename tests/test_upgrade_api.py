@@ -193,3 +193,14 @@ def test_rebuilt_socket_keeps_blocking_mode(nonblocking):
         flags = fcntl.fcntl(a.fileno(), fcntl.F_GETFL)
         assert bool(flags & os.O_NONBLOCK) is nonblocking
         assert rebuilt.gettimeout() == (0.0 if nonblocking else None)
+
+
+def test_pid_file_error_names_pid_file(tmp_path):
+    """A PID file in a missing directory raises OSError naming that path, not the temporary file."""
+    path = tmp_path / "missing" / "server.pid"
+
+    with pytest.raises(FileNotFoundError) as caught:
+        upgrade.write_pid_file(str(path), 1234)
+
+    assert caught.value.filename == str(path)
+    assert "directory exists" in str(caught.value)
