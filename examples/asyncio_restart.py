@@ -69,4 +69,7 @@ port = int(sys.argv[1]) if len(sys.argv) > 1 else 8000
 listener = fdpass.listen(("127.0.0.1", port), name="http")
 if asyncio.run(serve(listener)) == "restart":
     # New connections wait in the listener's accept queue during the exec.
+    # SIGHUP is ignored until the new run's loop handles it again, because
+    # its default action would kill the process in between.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     fdpass.reexec(env={**os.environ, "EXAMPLE_RUN": str(RUN + 1)})

@@ -10,7 +10,14 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from fdpass._fdpass import ffi, lib
+try:
+    from fdpass._fdpass import ffi, lib
+except ImportError as error:
+    raise ImportError(
+        f"fdpass's compiled extension fdpass._fdpass is missing next to {os.path.dirname(__file__)}. "
+        "That is a source tree: install fdpass (pip install .) and run from another directory, "
+        "or build it in place with pip install -e ."
+    ) from error
 from fdpass._record import Frozen
 
 

@@ -85,8 +85,11 @@ def serve(listen_fd: int) -> None:
 def _start_server() -> tuple[subprocess.Popen[bytes], tuple[str, int]]:
     listener = socket.create_server(("127.0.0.1", 0))
     address = listener.getsockname()
+    # "python -c" puts the working directory first on sys.path. Dropping it
+    # keeps the server on the installed fdpass when the demo runs in a checkout.
+    code = f"import sys; del sys.path[0]; from fdpass import demo; demo.serve({listener.fileno()})"
     server = subprocess.Popen(
-        [sys.executable, "-c", f"from fdpass import demo; demo.serve({listener.fileno()})"],
+        [sys.executable, "-c", code],
         pass_fds=[listener.fileno()],
     )
     listener.close()
