@@ -13,7 +13,7 @@ import json
 import subprocess
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 #: Each case forks a process, so a few hundred cases take a few seconds.
@@ -72,6 +72,8 @@ def test_inherit_adopts_only_passed_fds(fuzz_server, case):
     fuzz_server.popen.stdin.flush()
     result = fuzz_server.read_json()
     listen_pid = case["env"].get("LISTEN_PID")
+    # --hypothesis-show-statistics lists these, to show how often each outcome comes up.
+    event(f"raised {result['error']}" if result["error"] else f"adopted {len(result['adopted'])} fds")
     passed = list(range(3, 3 + len(case["passed"])))
 
     assert result["error"] in (None, "ValueError"), result
