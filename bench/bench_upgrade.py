@@ -331,7 +331,12 @@ def summarize(raw: dict[str, Any]) -> dict[str, Any]:
 
 
 def can_import(python: str, module: str) -> bool:
-    result = subprocess.run([python, "-c", f"import {module}"], capture_output=True, timeout=60)
+    # "python -c" puts the working directory first on sys.path, so a check run
+    # from a checkout would find the uncompiled source tree; the servers run as
+    # scripts from SERVER's directory, so check from there.
+    result = subprocess.run(
+        [python, "-c", f"import {module}"], capture_output=True, timeout=60, cwd=SERVER.parent
+    )
     return result.returncode == 0
 
 
