@@ -332,8 +332,8 @@ def summarize(raw: dict[str, Any]) -> dict[str, Any]:
 
 def can_import(python: str, module: str) -> bool:
     # "python -c" puts the working directory first on sys.path, so a check run
-    # from a checkout would find the uncompiled source tree; the servers run as
-    # scripts from SERVER's directory, so check from there.
+    # from a checkout would find the uncompiled source tree. The servers run as
+    # scripts from SERVER's directory, and the check runs there too.
     result = subprocess.run(
         [python, "-c", f"import {module}"], capture_output=True, timeout=60, cwd=SERVER.parent
     )

@@ -334,8 +334,8 @@ struct linux_dirent64 {
 /*
  * Open /proc/self/fd. When every fd number below the soft RLIMIT_NOFILE is in
  * use (EMFILE), lift the soft limit to the hard one for this one open() and
- * put it back at once: the listing must still see the fds above the soft
- * limit, which no loop below that limit would reach.
+ * put it back at once. The listing must still cover the fds above the soft
+ * limit, because no loop below that limit would reach them.
  */
 static int open_fd_directory(void)
 {
@@ -700,7 +700,7 @@ int fdpass_set_cloexec(const int *fds, int nfds, int cloexec)
 /*
  * Set FD_CLOEXEC on first_fd .. first_fd + nfds - 1, which must all be open.
  * One close_range() call does it where the kernel has CLOSE_RANGE_CLOEXEC
- * (Linux 5.11); elsewhere each fd gets F_GETFD and F_SETFD, and a failure
+ * (Linux 5.11). Elsewhere each fd gets F_GETFD and F_SETFD, and a failure
  * leaves the earlier fds changed. Async-signal-safe.
  */
 int fdpass_set_cloexec_range(int first_fd, int nfds)

@@ -103,13 +103,13 @@ def resolve(address: Address, sock_type: int) -> Target:
     )
 
 
-def _unix_names_match(bound: object, wanted: bytes) -> bool:
+def _unix_names_match(bound: object, expected: bytes) -> bool:
     bound_bytes = os.fsencode(bound) if isinstance(bound, (str, bytes)) else b""
-    if bound_bytes == wanted:
+    if bound_bytes == expected:
         return True
-    if wanted.startswith(b"\0") or not bound_bytes or bound_bytes.startswith(b"\0"):
+    if expected.startswith(b"\0") or not bound_bytes or bound_bytes.startswith(b"\0"):
         return False
-    return os.path.abspath(bound_bytes) == os.path.abspath(wanted)
+    return os.path.abspath(bound_bytes) == os.path.abspath(expected)
 
 
 def matches_bound_address(sock: socket.socket, target: Target, listening: bool | None) -> bool:
@@ -134,11 +134,11 @@ def matches_bound_address(sock: socket.socket, target: Target, listening: bool |
         assert isinstance(target.sockaddr, bytes)
         return _unix_names_match(bound, target.sockaddr)
 
-    wanted = target.sockaddr
-    assert isinstance(wanted, tuple)
-    if bound[0] != wanted[0]:
+    expected = target.sockaddr
+    assert isinstance(expected, tuple)
+    if bound[0] != expected[0]:
         return False
-    return target.any_port or bound[1] == wanted[1]
+    return target.any_port or bound[1] == expected[1]
 
 
 def _remove_stale_unix_socket(path: bytes, target: Target) -> None:
