@@ -371,7 +371,7 @@ class Supervisor:
                     self._on_ready(generation, f"READY=1 from PID {pid}")
                     break
             else:
-                log.debug("ignored READY=1 from PID %d, which is no starting child", pid)
+                log.debug("ignored READY=1 from PID %d, which is not a child that is starting", pid)
 
     def _on_timers(self) -> None:
         now = time.monotonic()
@@ -393,7 +393,7 @@ class Supervisor:
 
         for generation in self._children():
             if generation.stop_deadline is not None and now >= generation.stop_deadline:
-                log.warning("PID %d still runs %g s after it was told to stop; sending SIGKILL",
+                log.warning("PID %d still runs %g s after SIGTERM; sending SIGKILL",
                             generation.pid, self.stop_timeout)
                 generation.stop_deadline = None
                 self._signal_child(generation, signal.SIGKILL)

@@ -303,8 +303,9 @@ class Upgrader:
 
         Raises:
             UpgradeError: stop() was called before ready().
-            OSError: the PID file could not be written; the previous
-                generation was not told, so its upgrade() will fail.
+            OSError: the PID file could not be written. Nothing was
+                written to the readiness pipe, so the previous generation's
+                upgrade() fails.
         """
         with self._lock:
             if self._state in (_READY, _HANDED_OVER):
@@ -469,7 +470,8 @@ class Upgrader:
 
         An upgrade() that is waiting kills its new generation and raises
         UpgradeError. Before ready(), stop() also closes the readiness pipe,
-        so a waiting parent sees this generation give up. Calling it again does nothing.
+        so a waiting parent reads EOF, which tells it this generation gave up.
+        Calling it again does nothing.
         """
         global _active
 

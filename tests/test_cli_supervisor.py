@@ -240,7 +240,7 @@ def test_stop_timeout_sends_sigkill(children, tmp_path, seen_groups):
     supervisor.popen.send_signal(signal.SIGUSR2)
     second = supervisor.read_json()
     seen_groups.add(second["pgid"])
-    wait_for_log(supervisor, f"PID {first['pid']} still runs 0.5 s after it was told to stop; sending SIGKILL")
+    wait_for_log(supervisor, f"PID {first['pid']} still runs 0.5 s after SIGTERM; sending SIGKILL")
     wait_for_log(supervisor, f"old PID {first['pid']} exited with status {128 + signal.SIGKILL}")
     assert not pid_is_gone(second["pid"])
 
