@@ -102,3 +102,89 @@ def current(environ: dict[str, str] | None = None) -> StartCommand:
                 env_updates[_PYTHONPATH] = os.pathsep.join([search_dir, *parts])
 
     return StartCommand(executable, new_argv, env_updates)
+
+
+# CPython's short options that take a value, as in its getopt string
+# "bBc:dEhiIJm:OPqRsStuvVW:xX:?". Of its long options, only
+# --check-hash-based-pycs takes one.
+_OPTIONS_WITH_VALUE = frozenset("WX")
+_LONG_OPTIONS_WITH_VALUE = frozenset({"--check-hash-based-pycs"})
+
+
+class PythonCommand(Frozen):
+    """A python command line split the way the interpreter reads it.
+
+    kind is "script" (a file, directory or zip file, which is how a console
+    script runs too), "module" (-m) or "code" (-c), and target is the path,
+    module name or code.
+    """
+
+    FIELDS = ("interpreter", "options", "kind", "target", "args")
+    __slots__ = FIELDS
+
+    interpreter: str
+    options: tuple[str, ...]
+    kind: str
+    target: str
+    args: tuple[str, ...]
+
+    def __init__(self, interpreter: str, options: tuple[str, ...], kind: str, target: str, args: tuple[str, ...]):
+        object.__setattr__(self, "interpreter", interpreter)
+        object.__setattr__(self, "options", options)
+        object.__setattr__(self, "kind", kind)
+        object.__setattr__(self, "target", target)
+        object.__setattr__(self, "args", args)
+
+
+def parse_python_argv(argv: list[str]) -> PythonCommand:
+    """Split argv, a python command line such as current() returns, into options, target and arguments.
+
+    Raises:
+        ValueError: argv runs no script, module or code: it reads the
+            program from standard input, or it is empty.
+    """
+    if not argv:
+        raise ValueError("the command line is empty, so it names no interpreter")
+    options: list[str] = []
+    index = 1
+
+    while index < len(argv):
+        arg = argv[index]
+        if arg in _LONG_OPTIONS_WITH_VALUE:
+            options.extend(argv[index : index + 2])
+            index += 2
+            continue
+        if arg == "-" or not arg.startswith("-") or arg == "--":
+            break
+        if arg.startswith("--"):
+            options.append(arg)
+            index += 1
+            continue
+
+        # A cluster of short flags such as "-uB", which may end in an
+        # option whose value is the rest of the cluster or the next argument.
+        for position in range(1, len(arg)):
+            letter = arg[position]
+            if letter in "cm":
+                value = arg[position + 1 :] or (argv[index + 1] if index + 1 < len(argv) else None)
+                if value is None:
+                    raise ValueError(f"the command line {argv!r} ends in -{letter} without a value")
+                rest = index + (1 if arg[position + 1 :] else 2)
+                if position > 1:
+                    options.append(arg[:position])
+                kind = "code" if letter == "c" else "module"
+                return PythonCommand(argv[0], tuple(options), kind, value, tuple(argv[rest:]))
+            if letter in _OPTIONS_WITH_VALUE:
+                consumed = 1 if arg[position + 1 :] else 2
+                options.extend(argv[index : index + consumed])
+                index += consumed
+                break
+        else:
+            options.append(arg)
+            index += 1
+
+    if index < len(argv) and argv[index] == "--":
+        index += 1
+    if index >= len(argv) or argv[index] == "-":
+        raise ValueError(f"the command line {argv!r} reads the program from standard input")
+    return PythonCommand(argv[0], tuple(options), "script", argv[index], tuple(argv[index + 1 :]))

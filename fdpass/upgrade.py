@@ -20,6 +20,7 @@ Three fds travel with the sockets, under reserved LISTEN_FDNAMES names:
 
 from __future__ import annotations
 
+import atexit
 import errno as errno_module
 import os
 import select
@@ -38,9 +39,11 @@ from fdpass import state as state_module
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import asyncio
+    from collections.abc import Sequence
     from typing import IO, Any
 
     from fdpass.addresses import Address
+    from fdpass.prestart import Standby
 
 #: LISTEN_FDNAMES name of the pipe that the new generation signals readiness on.
 READY_FD_NAME = "fdpass-ready"
@@ -62,6 +65,7 @@ _STOPPED = "stopped"
 
 _active_lock = threading.Lock()
 _active: Upgrader | None = None
+_exit_hook_registered = False
 
 
 class UpgradeError(Exception):
@@ -199,15 +203,28 @@ class Upgrader:
             before it is killed with SIGKILL.
         pid_file: a path that ready() writes this process's PID to,
             atomically, or None.
+        prestart: True to start the next generation's interpreter, a
+            standby, after ready() and after each failed upgrade, so that
+            upgrade() only hands over to it. The standby preloads the
+            stdlib modules this process has imported and fdpass, or with a
+            list of module names exactly those. False (the default) starts
+            each new generation cold. See docs/upgrade.md.
 
     Raises:
-        TypeError, ValueError: an argument is malformed.
+        TypeError, ValueError: an argument is malformed, for example prestart
+            is not a bool or a list of module names.
         UpgradeError: another Upgrader is active in this process.
         ValueError: the inherited LISTEN_* variables are malformed, as
             fdpass.inherit() raises.
     """
 
-    def __init__(self, *, upgrade_timeout: float = 60.0, pid_file: str | os.PathLike[str] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        upgrade_timeout: float = 60.0,
+        pid_file: str | os.PathLike[str] | None = None,
+        prestart: bool | Sequence[str] = False,
+    ) -> None:
         global _active
 
         if isinstance(upgrade_timeout, bool) or not isinstance(upgrade_timeout, (int, float)):
@@ -216,6 +233,11 @@ class Upgrader:
             raise ValueError(f"upgrade_timeout must be a positive, finite number of seconds, not {upgrade_timeout!r}")
         if pid_file is not None and not isinstance(pid_file, (str, os.PathLike)):
             raise TypeError(f"pid_file must be a path or None, not {type(pid_file).__name__}")
+        prestart_modules: tuple[str, ...] | bool = False
+        if prestart is not False:
+            from fdpass import prestart as prestart_module
+
+            prestart_modules = prestart_module.check_prestart(prestart)
 
         inherited = restart.inherit()
 
@@ -237,6 +259,10 @@ class Upgrader:
         self._exit_event = threading.Event()
         self._exit_read_fd, self._exit_write_fd = os.pipe()
         self._exit_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        self._prestart = prestart_modules
+        # Held while a standby starts or is taken, so upgrade() waits for one being started.
+        self._standby_lock = threading.Lock()
+        self._standby: Standby | None = None
 
         self._ready_pipe = _inherited_pipe(inherited, READY_FD_NAME)
         self._parent_pipe = _inherited_pipe(inherited, PARENT_FD_NAME)
@@ -261,6 +287,12 @@ class Upgrader:
     def parent_pid(self) -> int | None:
         """The PID of the generation that started this one, or None."""
         return self._parent_pid
+
+    @property
+    def standby_pid(self) -> int | None:
+        """The PID of the standby that the next upgrade() hands over to, or None."""
+        standby = self._standby
+        return None if standby is None else standby.pid
 
     @property
     def upgrade_timeout(self) -> float:
@@ -299,7 +331,8 @@ class Upgrader:
         the previous generation's upgrade() returns it. In a first generation, sends READY=1 to
         NOTIFY_SOCKET instead; under a parent, the parent sends MAINPID= and
         READY=1, since systemd accepts notifications from the main PID only
-        by default. Calling it again does nothing.
+        by default. With prestart, then starts the standby. Calling it again
+        does nothing.
 
         Raises:
             UpgradeError: stop() was called before ready().
@@ -317,6 +350,10 @@ class Upgrader:
             self._state = _READY
             ready_pipe, self._ready_pipe = self._ready_pipe, None
 
+        self._notify_ready(ready_pipe)
+        self._start_standby()
+
+    def _notify_ready(self, ready_pipe: IO[bytes] | None) -> None:
         if ready_pipe is None:
             _send_notification(notify.ready)
             _log.info("generation PID %d is ready", os.getpid())
@@ -375,6 +412,7 @@ class Upgrader:
         Cancelling the awaiting task kills the new generation and ends the
         upgrade, as if it had timed out.
         """
+        await self._wait_standby_report_async()
         attempt = self._begin_upgrade(state, fds)
 
         try:
@@ -490,6 +528,7 @@ class Upgrader:
         if ready_pipe is not None:
             ready_pipe.close()
         self._signal_exit()
+        self._stop_standby()
         _log.info("generation PID %d stopped taking part in upgrades", os.getpid())
 
     # The steps of an upgrade.
@@ -532,6 +571,7 @@ class Upgrader:
         except BaseException:
             with self._lock:
                 self._upgrading = False
+            self._start_standby()
             raise
 
         with self._lock:
@@ -569,9 +609,8 @@ class Upgrader:
             envp = restart._encode_environment(environ)
 
             _send_notification(notify.reloading)
-            started = time.monotonic()
             try:
-                pid = _native.spawn_with_fds(path, argv, envp, passed)
+                pid, started = self._start_generation(start, environ, path, argv, envp, passed)
             except BaseException:
                 # READY=1 ends the reload that RELOADING=1 announced.
                 _send_notification(notify.ready)
@@ -611,6 +650,103 @@ class Upgrader:
             started=started,
             deadline=started + self._upgrade_timeout,
         )
+
+    def _start_generation(
+        self,
+        start: command.StartCommand,
+        environ: dict[str, str],
+        path: bytes,
+        argv: list[bytes],
+        envp: list[bytes],
+        passed: list[int],
+    ) -> tuple[int, float]:
+        """Hand over to the standby if it is fit, else spawn cold; return the PID and the start time."""
+        standby = self._take_standby()
+        if standby is not None:
+            pid = self._hand_over(standby, start, environ, passed)
+            if pid is not None:
+                return pid, time.monotonic()
+
+        started = time.monotonic()
+        return _native.spawn_with_fds(path, argv, envp, passed), started
+
+    def _hand_over(
+        self, standby: Standby, start: command.StartCommand, environ: dict[str, str], passed: list[int]
+    ) -> int | None:
+        """Hand the new generation's fds and settings to standby; return its PID, or None to start cold."""
+        reason = standby.unfit_reason(start, environ, self._upgrade_timeout)
+        cwd = ""
+        if reason is None:
+            try:
+                cwd = os.getcwd()
+            except OSError as error:
+                reason = f"the working directory cannot be read ({error})"
+
+        if reason is None:
+            try:
+                standby.hand_over(start.argv, environ, cwd, passed, self._upgrade_timeout)
+            except OSError as error:
+                reason = f"the hand-over failed: {error}"
+            else:
+                _log.info("upgrade handed %d fds over to standby PID %d", len(passed), standby.pid)
+                return standby.pid
+
+        _log.info("upgrade starts the new generation cold, because standby PID %d is not usable: %s", standby.pid, reason)
+        standby.kill()
+        return None
+
+    # The standby of Upgrader(prestart=...).
+
+    def _start_standby(self) -> None:
+        """Start a standby if prestart is on, this generation is ready, and none runs; log a failure."""
+        global _exit_hook_registered
+
+        if self._prestart is False:
+            return
+        from fdpass import prestart as prestart_module
+
+        with self._standby_lock:
+            with self._lock:
+                if self._state != _READY or self._upgrading or self._standby is not None:
+                    return
+            try:
+                standby = prestart_module.start(None if self._prestart is True else self._prestart)
+            except (OSError, ValueError) as error:
+                _log.warning("could not start a standby, so the next upgrade starts cold: %s", error)
+                return
+            self._standby = standby
+
+        with _active_lock:
+            if not _exit_hook_registered:
+                atexit.register(_stop_active_standby)
+                _exit_hook_registered = True
+        _log.info("standby PID %d started for the next upgrade", standby.pid)
+
+    def _take_standby(self) -> Standby | None:
+        with self._standby_lock:
+            standby, self._standby = self._standby, None
+        return standby
+
+    def _stop_standby(self) -> None:
+        standby = self._take_standby()
+        if standby is not None:
+            standby.kill()
+            _log.info("standby PID %d stopped", standby.pid)
+
+    async def _wait_standby_report_async(self) -> None:
+        """Wait, without blocking the event loop, until a standby still starting has sent its report."""
+        import asyncio
+
+        standby = self._standby
+        if standby is None or standby.has_report():
+            return
+        loop = asyncio.get_running_loop()
+        readable: asyncio.Future[None] = loop.create_future()
+        loop.add_reader(standby.control.fileno(), _resolve_future, readable)
+        try:
+            await asyncio.wait({readable}, timeout=self._upgrade_timeout)
+        finally:
+            loop.remove_reader(standby.control.fileno())
 
     def _check_attempt(self, attempt: _Attempt) -> str | None:
         """Return "ready", "exited", "stopped" or "timeout" once the upgrade has an outcome, else None."""
@@ -732,6 +868,7 @@ class Upgrader:
         with self._lock:
             self._attempt = None
             self._upgrading = False
+        self._start_standby()
 
     def _finish_upgrade(self, attempt: _Attempt, outcome: str) -> int:
         elapsed = time.monotonic() - attempt.started
@@ -805,6 +942,13 @@ class Upgrader:
             if not self._parent_gone:
                 self._parent_gone = True
                 _log.info("previous generation PID %s has exited", self._parent_pid)
+
+
+def _stop_active_standby() -> None:
+    """Kill and reap the active Upgrader's standby at interpreter exit."""
+    upgrader = _active
+    if upgrader is not None:
+        upgrader._stop_standby()
 
 
 def _resolve_future(future: asyncio.Future[None]) -> None:

@@ -1,0 +1,279 @@
+"""The standby process: an interpreter started ahead of an upgrade that waits to become the next generation.
+
+Upgrader(prestart=...) starts it with the interpreter options of the program,
+through fdpass_spawn(), with one fd: its end of an AF_UNIX SOCK_SEQPACKET
+socketpair, passed as LISTEN_FDS=1 under the name STANDBY_FD_NAME. The -c
+bootstrap from bootstrap_code() imports this module and calls main(), which:
+
+1. receives the names of the modules to preload and imports them;
+2. sends back the file, st_mtime_ns and st_size of every module it has
+   loaded, and the modules that failed to import, so the parent can tell
+   whether it is still fresh;
+3. blocks until the parent sends the hand-over: the fds, their names, the
+   environment, the working directory and the command line;
+4. puts the fds on 3, 4, ..., closes every other fd above 2, takes the
+   environment, directory and command line, and runs the program as a fresh
+   start of that command line would.
+
+EOF on the control socket at step 1 or 3 means the parent is gone, and the
+standby exits with status 0.
+
+Every message is a series of records, one SOCK_SEQPACKET datagram each: b"D"
+and up to RECORD_BYTES bytes of JSON, b"F" with up to MAX_FDS_PER_RECORD fds
+in SCM_RIGHTS, and b"E" to end the message.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import sys
+
+from fdpass import protocol
+
+#: The LISTEN_FDNAMES name of the standby's control socket.
+STANDBY_FD_NAME = "fdpass-standby"
+
+#: JSON bytes per record, well below the default socket send buffer, so one record always fits.
+RECORD_BYTES = 32768
+
+#: The kernel's SCM_MAX_FD: the most fds one SCM_RIGHTS message can carry.
+MAX_FDS_PER_RECORD = 253
+
+# Modules whose import has visible effects: "this" prints, "antigravity" opens a browser.
+_NEVER_PRELOADED = frozenset({"__main__", "this", "antigravity"})
+
+
+class StandbyProtocolError(Exception):
+    """A record on the control socket was truncated, unknown or out of place."""
+
+
+def bootstrap_code(package_dir: str) -> str:
+    """Return the -c code that starts a standby with fdpass imported from package_dir.
+
+    The interpreter puts "" (the working directory) first on sys.path for -c
+    unless -P or -I is given. The code removes that entry, so a checkout of
+    fdpass in the working directory does not shadow the installed one, and
+    appends package_dir, where the parent's fdpass lives; main() removes it.
+    """
+    return (
+        "import sys;"
+        "getattr(sys.flags,'safe_path',0) or sys.flags.isolated or sys.path.pop(0);"
+        f"sys.path.append({package_dir!r});"
+        "import fdpass._standby;"
+        "fdpass._standby.main()"
+    )
+
+
+def send_message(sock: socket.socket, payload: object, fds: list[int] | tuple[int, ...] = ()) -> None:
+    """Send payload as JSON, and fds, as one message of records.
+
+    Raises:
+        OSError: the peer is gone (BrokenPipeError) or the send timed out.
+    """
+    data = json.dumps(payload).encode()
+
+    for start in range(0, len(fds), MAX_FDS_PER_RECORD):
+        socket.send_fds(sock, [b"F"], list(fds[start : start + MAX_FDS_PER_RECORD]))
+    for start in range(0, len(data), RECORD_BYTES):
+        sock.sendall(b"D" + data[start : start + RECORD_BYTES])
+    sock.sendall(b"E")
+
+
+def receive_message(sock: socket.socket) -> tuple[object, list[int]] | None:
+    """Receive one message from send_message(); return (payload, fds), or None on EOF.
+
+    The received fds have FD_CLOEXEC set. On an error, they are closed.
+
+    Raises:
+        StandbyProtocolError: a record was truncated or unknown, or EOF cut a message short.
+        OSError: recvmsg() failed or timed out.
+    """
+    chunks: list[bytes] = []
+    fds: list[int] = []
+    try:
+        while True:
+            record, received, flags, _ = socket.recv_fds(
+                sock, RECORD_BYTES + 1, MAX_FDS_PER_RECORD, socket.MSG_CMSG_CLOEXEC
+            )
+            fds.extend(received)
+            if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+                raise StandbyProtocolError(f"a control record was truncated (recvmsg flags {flags:#x})")
+            if not record:
+                if chunks or fds:
+                    raise StandbyProtocolError("the control socket reached EOF in the middle of a message")
+                return None
+            kind, body = record[:1], record[1:]
+            if kind == b"D":
+                chunks.append(body)
+            elif kind == b"E":
+                return json.loads(b"".join(chunks)), fds
+            elif kind != b"F":
+                raise StandbyProtocolError(f"unknown control record type {kind!r}")
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+
+
+def default_preload() -> list[str]:
+    """Return the stdlib modules this process has imported, and fdpass's, sorted so packages come first."""
+    stdlib = sys.stdlib_module_names
+    names = [
+        name
+        for name in list(sys.modules)
+        if name not in _NEVER_PRELOADED and (name.partition(".")[0] in stdlib or name.partition(".")[0] == "fdpass")
+    ]
+    return sorted(names)
+
+
+def _preload(names: list[str]) -> list[list[str]]:
+    """Import each module; return [name, error] for each that failed."""
+    import importlib
+
+    failed = []
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except Exception as error:  # noqa: BLE001 - any module code can raise; the parent reports it
+            failed.append([name, f"{type(error).__name__}: {error}"])
+    return failed
+
+
+def _module_files() -> list[list[object]]:
+    """Return [path, st_mtime_ns, st_size] for the file of every loaded module that has one."""
+    seen = set()
+    files: list[list[object]] = []
+
+    for module in list(sys.modules.values()):
+        path = getattr(module, "__file__", None)
+        if not isinstance(path, str) or path in seen:
+            continue
+        seen.add(path)
+        try:
+            status = os.stat(path)
+        except OSError:
+            continue
+        files.append([path, status.st_mtime_ns, status.st_size])
+    return files
+
+
+def _place_fds(fds: list[int]) -> None:
+    """Put fds on 3, 4, ... with FD_CLOEXEC clear, and close every other fd above 2.
+
+    Every fd is first copied above the target range, so no move overwrites
+    an fd that a later move still needs.
+    """
+    first = protocol.FIRST_FD
+    end = first + len(fds)
+
+    high = []
+    for fd in fds:
+        high.append(fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, end))
+        os.close(fd)
+    for target, fd in enumerate(high, start=first):
+        os.dup2(fd, target, inheritable=True)
+        os.close(fd)
+
+    # NOTE: a preloaded module that keeps an fd open loses it here, as a
+    # fresh start would not have it; no stdlib module does so on import.
+    # The standby never lowers RLIMIT_NOFILE, so no fd sits above the limit.
+    os.closerange(end, os.sysconf("SC_OPEN_MAX"))
+
+
+def _set_environment(environ: dict[str, str]) -> None:
+    """Make environ this process's environment, os.environ and the C one, with LISTEN_PID as this PID."""
+    for name in list(os.environ):
+        if name not in environ:
+            del os.environ[name]
+    os.environ.update(environ)
+    os.environ[protocol.LISTEN_PID] = str(os.getpid())
+
+
+def _run_program(argv: list[str], base_path: list[str]) -> None:
+    """Run argv's script, module or code the way the interpreter would run that command line."""
+    import runpy
+
+    from fdpass import command
+
+    parsed = command.parse_python_argv(argv)
+    safe_path = bool(getattr(sys.flags, "safe_path", False) or sys.flags.isolated)
+    sys.orig_argv = list(argv)
+
+    if parsed.kind == "module":
+        sys.argv = ["-m", *parsed.args]
+        sys.path[:] = base_path if safe_path else [os.getcwd(), *base_path]
+        runpy.run_module(parsed.target, run_name="__main__", alter_sys=True)
+        return
+
+    if parsed.kind == "code":
+        import types
+
+        sys.argv = ["-c", *parsed.args]
+        sys.path[:] = base_path if safe_path else ["", *base_path]
+        main = types.ModuleType("__main__")
+        main.__dict__["__builtins__"] = __builtins__
+        sys.modules["__main__"] = main
+        exec(compile(parsed.target, "<string>", "exec"), main.__dict__)
+        return
+
+    import pkgutil
+
+    sys.argv = [parsed.target, *parsed.args]
+    # runpy.run_path() puts a directory or zip file on sys.path itself; for a
+    # file, the interpreter puts the file's directory, symlinks resolved.
+    if pkgutil.get_importer(parsed.target) is not None or safe_path:
+        sys.path[:] = base_path
+    else:
+        sys.path[:] = [os.path.dirname(os.path.realpath(parsed.target)), *base_path]
+    runpy.run_path(parsed.target, run_name="__main__")
+
+
+def _control_socket() -> socket.socket:
+    listen_env = protocol.decode_current_process()
+    if listen_env.names != (STANDBY_FD_NAME,):
+        raise SystemExit(
+            f"fdpass._standby expects one fd named {STANDBY_FD_NAME!r} in LISTEN_FDNAMES, "
+            f"not {listen_env.names!r}; it is started only by fdpass.Upgrader(prestart=...)"
+        )
+    fd = listen_env.fds[0]
+    os.set_inheritable(fd, False)
+    protocol.clear(os.environ)
+    return socket.socket(fileno=fd)
+
+
+def main() -> None:
+    """Preload, report, wait for the hand-over, and run the program; see the module docstring."""
+    sys.path.pop()  # the package directory that bootstrap_code() appended
+    base_path = list(sys.path)
+    control = _control_socket()
+
+    request = receive_message(control)
+    if request is None:
+        os._exit(0)
+    names = request[0]
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise StandbyProtocolError(f"expected a list of module names, not {names!r}")
+    failed = _preload(names)
+    send_message(control, {"pid": os.getpid(), "modules": _module_files(), "failed": failed})
+
+    handover = receive_message(control)
+    if handover is None:
+        # The parent is gone or stopped this standby. os._exit() skips the
+        # atexit handlers that the preloaded modules registered for a program
+        # that never ran.
+        os._exit(0)
+    control.close()
+    payload, fds = handover
+    if not isinstance(payload, dict):
+        raise StandbyProtocolError(f"expected a hand-over object, not {payload!r}")
+    declared = payload["env"].get(protocol.LISTEN_FDS)
+    if declared != str(len(fds)):
+        raise StandbyProtocolError(f"the hand-over carries {len(fds)} fds, but LISTEN_FDS is {declared!r}")
+
+    _place_fds(fds)
+    _set_environment(payload["env"])
+    os.chdir(payload["cwd"])
+    _run_program(payload["argv"], base_path)

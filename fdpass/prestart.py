@@ -1,0 +1,272 @@
+"""The parent's side of Upgrader(prestart=...): start a standby interpreter, check it, hand over to it.
+
+A standby (see fdpass._standby) is the next generation's interpreter,
+started right after ready() so that its start-up and its imports are done
+before upgrade() is called. upgrade() then sends it what a cold start would
+get at that moment, and it runs the program's current code. The standby is
+used only while it is as good as a cold start: unfit_reason() names what
+would make it differ, and upgrade() then starts the new generation cold.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import socket
+import sys
+
+from fdpass import _native, _socket_env, command, protocol, restart
+from fdpass import _standby as standby_module
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+# Variables that the interpreter reads while it starts, before the program
+# runs: a standby started under other values is not what a cold start would be.
+_STARTUP_VARIABLES = frozenset({"PATH", "HOME", "LANG", "LANGUAGE", "TZ", "LD_PRELOAD", "LD_LIBRARY_PATH"})
+_STARTUP_PREFIXES = ("PYTHON", "LC_")
+
+
+def check_prestart(prestart: object) -> tuple[str, ...] | bool:
+    """Return prestart as False, True or a tuple of module names, or raise for a bad value.
+
+    Raises:
+        TypeError: prestart is not a bool or a sequence of str, or a name is not a str.
+        ValueError: a name is not a dotted module name.
+    """
+    if isinstance(prestart, bool):
+        return prestart
+    if isinstance(prestart, (str, bytes)) or not isinstance(prestart, (list, tuple)):
+        raise TypeError(
+            f"prestart must be True, False or a list of module names, not {prestart!r}; "
+            "for one module, pass a list with one name"
+        )
+
+    for name in prestart:
+        if not isinstance(name, str):
+            raise TypeError(f"prestart contains {name!r}, a {type(name).__name__}; module names must be str")
+        if not all(part.isidentifier() for part in name.split(".")):
+            raise ValueError(f"prestart contains {name!r}, which is not a module name such as 'json' or 'email.utils'")
+    return tuple(prestart)
+
+
+def _executable_id() -> tuple[int, int, int] | None:
+    try:
+        status = os.stat(os.path.realpath(sys.executable))
+    except OSError:
+        return None
+    return status.st_dev, status.st_ino, status.st_mtime_ns
+
+
+def _stdio_ids() -> tuple[tuple[int, int] | None, ...]:
+    ids: list[tuple[int, int] | None] = []
+    for fd in (0, 1, 2):
+        try:
+            status = os.fstat(fd)
+        except OSError:
+            ids.append(None)
+            continue
+        ids.append((status.st_dev, status.st_ino))
+    return tuple(ids)
+
+
+def _startup_variables(environ: Mapping[str, str]) -> dict[str, str]:
+    return {
+        name: value
+        for name, value in environ.items()
+        if name in _STARTUP_VARIABLES or name.startswith(_STARTUP_PREFIXES)
+    }
+
+
+def _describe_difference(before: Mapping[str, str], now: Mapping[str, str]) -> str:
+    changed = sorted(name for name in before.keys() | now.keys() if before.get(name) != now.get(name))
+    return ", ".join(changed)
+
+
+class Standby:
+    """One standby process: its PID, the parent's end of its control socket, and what it was started with."""
+
+    def __init__(
+        self,
+        pid: int,
+        control: socket.socket,
+        parsed: command.PythonCommand,
+        environ: Mapping[str, str],
+        explicit: bool,
+    ) -> None:
+        self.pid = pid
+        self.control = control
+        self.interpreter = parsed.interpreter
+        self.options = parsed.options
+        self.startup_variables = _startup_variables(environ)
+        self.executable_id = _executable_id()
+        self.stdio_ids = _stdio_ids()
+        self.explicit = explicit
+        self.report: dict[str, object] | None = None
+        self.status: int | None = None
+
+    def __repr__(self) -> str:
+        return f"<fdpass standby PID {self.pid}>"
+
+    def has_report(self) -> bool:
+        """True once the standby's report of its preloaded modules was received or has arrived."""
+        if self.report is not None:
+            return True
+        poller = select.poll()
+        poller.register(self.control.fileno(), select.POLLIN)
+        return bool(poller.poll(0))
+
+    def _receive_report(self, timeout: float) -> str | None:
+        """Wait for the report; return why the standby is unusable, or None."""
+        if self.report is not None:
+            return None
+        self.control.settimeout(max(timeout, 0.001))
+        try:
+            message = standby_module.receive_message(self.control)
+        except TimeoutError:
+            return f"it sent no report of its preloaded modules within {timeout:g} s"
+        except (OSError, standby_module.StandbyProtocolError) as error:
+            return f"its control socket failed: {error}"
+
+        if message is None:
+            return "it closed its control socket"
+        report, fds = message
+        for fd in fds:
+            os.close(fd)
+        if not isinstance(report, dict) or not isinstance(report.get("modules"), list):
+            return f"it sent a malformed report: {report!r:.200}"
+        self.report = report
+        return None
+
+    def _exited(self) -> bool:
+        try:
+            pid, wait_status = os.waitpid(self.pid, os.WNOHANG)
+        except ChildProcessError:
+            return True
+        if pid == self.pid:
+            self.status = os.waitstatus_to_exitcode(wait_status)
+            return True
+        return False
+
+    def unfit_reason(self, start: command.StartCommand, environ: Mapping[str, str], timeout: float) -> str | None:
+        """Return why a cold start of start with environ would differ from this standby, or None if it would not.
+
+        Waits up to timeout seconds for the standby's report if it is still
+        starting.
+        """
+        if self._exited():
+            return f"it exited ({'status unknown' if self.status is None else f'status {self.status}'})"
+        reason = self._receive_report(timeout)
+        if reason is not None:
+            return reason
+        assert self.report is not None
+
+        failed = self.report.get("failed") or []
+        if self.explicit and failed:
+            name, error = failed[0]
+            return f"it could not import the preloaded module {name!r}: {error}"
+        if self.executable_id is None or self.executable_id != _executable_id():
+            return f"the interpreter {sys.executable} changed since the standby started"
+        try:
+            parsed = command.parse_python_argv(start.argv)
+        except ValueError as error:
+            return str(error)
+        if (parsed.interpreter, parsed.options) != (self.interpreter, self.options):
+            return f"the interpreter options changed to {[parsed.interpreter, *parsed.options]!r}"
+        startup_variables = _startup_variables(environ)
+        if startup_variables != self.startup_variables:
+            changed = _describe_difference(self.startup_variables, startup_variables)
+            return f"variables the interpreter reads at start-up changed: {changed}"
+        if _stdio_ids() != self.stdio_ids:
+            return "fd 0, 1 or 2 now refers to another file"
+        return self._changed_module_file()
+
+    def _changed_module_file(self) -> str | None:
+        assert self.report is not None
+        for entry in self.report["modules"]:  # type: ignore[attr-defined]
+            path, mtime_ns, size = entry
+            try:
+                status = os.stat(path)
+            except OSError as error:
+                return f"the preloaded module file {path} is gone ({error.strerror})"
+            if (status.st_mtime_ns, status.st_size) != (mtime_ns, size):
+                return f"the preloaded module file {path} changed since the standby imported it"
+        return None
+
+    def hand_over(self, argv: Sequence[str], environ: Mapping[str, str], cwd: str, fds: Sequence[int], timeout: float) -> None:
+        """Send fds, environ, cwd and argv; the standby then runs argv as the new generation.
+
+        environ carries the fd names in LISTEN_FDNAMES, as for a cold start.
+
+        Raises:
+            OSError: the standby is gone or did not take the message within
+                timeout seconds. It may hold copies of some fds until it is killed.
+        """
+        payload = {"argv": list(argv), "env": dict(environ), "cwd": cwd}
+
+        self.control.settimeout(max(timeout, 0.001))
+        standby_module.send_message(self.control, payload, list(fds))
+        self.control.close()
+
+    def kill(self) -> None:
+        """Send SIGKILL, reap the standby, and close the control socket."""
+        self.control.close()
+        if self.status is not None:
+            return
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        try:
+            _, wait_status = os.waitpid(self.pid, 0)
+        except ChildProcessError:
+            return
+        self.status = os.waitstatus_to_exitcode(wait_status)
+
+
+def start(modules: tuple[str, ...] | None) -> Standby:
+    """Start a standby of this program that preloads modules, or the default set if modules is None.
+
+    Raises:
+        ValueError: this program cannot be started again (see fdpass.command).
+        OSError: the standby could not be started.
+    """
+    environ = dict(os.environ)
+    protocol.clear(environ)
+    environ.pop(_socket_env.VARIABLE, None)
+    current = command.current(environ)
+    environ.update(current.env_updates)
+    parsed = command.parse_python_argv(current.argv)
+    explicit = modules is not None
+    names = list(modules) if modules is not None else standby_module.default_preload()
+
+    package_dir = os.path.dirname(os.path.dirname(os.path.abspath(standby_module.__file__)))
+    argv = [parsed.interpreter, *parsed.options, "-c", standby_module.bootstrap_code(package_dir)]
+    child_environ = dict(environ)
+    protocol.apply(child_environ, [standby_module.STANDBY_FD_NAME], os.getpid())
+
+    parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        pid = _native.spawn_with_fds(
+            os.fsencode(current.executable),
+            restart._encode_argv(argv),
+            restart._encode_environment(child_environ),
+            [child_end.fileno()],
+        )
+    except BaseException:
+        parent_end.close()
+        raise
+    finally:
+        child_end.close()
+
+    standby = Standby(pid, parent_end, parsed, environ, explicit)
+    try:
+        parent_end.settimeout(10.0)
+        standby_module.send_message(parent_end, names)
+    except OSError:
+        standby.kill()
+        raise
+    return standby
+

@@ -1,0 +1,175 @@
+"""A line-echo server that upgrades itself on SIGHUP with fdpass.Upgrader(prestart=...).
+
+Every generation writes JSON events, one per line, to the shared stdout:
+"ready" (with what this generation saw when it started: its fds, LISTEN_PID,
+working directory, VERSION and the probe variable), "upgrading",
+"upgraded", "upgrade-failed", "crashing", "stopping", "log" (the fdpass
+logger's records at INFO and above) and "exit". Each response is
+"<pid> <request line>\\n".
+
+The control file (JSON) steers upgrades; it is read on each SIGHUP and when
+a generation starts:
+- "setenv": variables the old generation sets in os.environ before upgrade();
+- "chdir": a directory it changes into before upgrade();
+- "crash": true makes a generation with a parent exit with status 3 before ready().
+
+SIGTERM makes the current generation call stop() and exit.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+
+def fd_targets() -> dict[str, str]:
+    targets = {}
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            targets[name] = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:
+            continue  # the fd that listdir() used, closed by now
+    return targets
+
+
+# Read first, before this program opens any fd of its own.
+start_fds = fd_targets()
+start_listen_pid = os.environ.get("LISTEN_PID")
+start_probe = os.environ.get("FDPASS_TEST_PROBE")
+start_cwd = os.getcwd()
+
+import argparse  # noqa: E402
+import importlib  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+import selectors  # noqa: E402
+import signal  # noqa: E402
+import socket  # noqa: E402
+import sys  # noqa: E402
+import threading  # noqa: E402
+
+import fdpass  # noqa: E402
+
+VERSION = 1
+
+
+def emit(event: str, **fields: object) -> None:
+    # One write() of less than PIPE_BUF bytes, so lines of several generations never interleave.
+    os.write(1, (json.dumps({"event": event, "pid": os.getpid(), **fields}) + "\n").encode())
+
+
+class EventHandler(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        emit("log", level=record.levelname, message=record.getMessage())
+
+
+def read_control(path: str) -> dict:
+    try:
+        with open(path) as stream:
+            return json.load(stream)
+    except FileNotFoundError:
+        return {}
+
+
+def handle(conn: socket.socket) -> None:
+    with conn:
+        conn.settimeout(10)
+        request = b""
+        while not request.endswith(b"\n"):
+            chunk = conn.recv(4096)
+            if not chunk:
+                return
+            request += chunk
+        conn.sendall(f"{os.getpid()} ".encode() + request)
+
+
+def serve(listener: socket.socket, stop_read: int) -> None:
+    with selectors.DefaultSelector() as selector:
+        selector.register(listener, selectors.EVENT_READ)
+        selector.register(stop_read, selectors.EVENT_READ)
+        while True:
+            events = selector.select()
+            if any(key.fileobj == stop_read for key, _ in events):
+                return
+            try:
+                conn, _ = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                continue
+            threading.Thread(target=handle, args=(conn,), daemon=True).start()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--address", required=True)
+    parser.add_argument("--control", required=True)
+    parser.add_argument("--prestart", default="true", help="JSON: true, false or a list of module names")
+    parser.add_argument("--module", help="a module to import and report VALUE of")
+    args = parser.parse_args()
+
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP, signal.SIGTERM})
+    log = logging.getLogger("fdpass")
+    log.addHandler(EventHandler())
+    log.setLevel(logging.INFO)
+
+    upgrader = fdpass.Upgrader(upgrade_timeout=20, prestart=json.loads(args.prestart))
+    if upgrader.has_parent and read_control(args.control).get("crash"):
+        emit("crashing")
+        return 3
+    module_value = importlib.import_module(args.module).VALUE if args.module else None
+
+    host, port = args.address.rsplit(":", 1)
+    listener = upgrader.listen((host, int(port)))
+    listener.setblocking(False)
+    stop_read, stop_write = os.pipe()
+    server = threading.Thread(target=serve, args=(listener, stop_read), daemon=True)
+    server.start()
+
+    def take_signals() -> None:
+        while True:
+            number = signal.sigwait({signal.SIGHUP, signal.SIGTERM})
+            if number == signal.SIGTERM:
+                emit("stopping", standby_pid=upgrader.standby_pid)
+                upgrader.stop()
+                return
+            control = read_control(args.control)
+            os.environ.update(control.get("setenv", {}))
+            if control.get("chdir"):
+                os.chdir(control["chdir"])
+            emit("upgrading", standby_pid=upgrader.standby_pid)
+            try:
+                new_pid = upgrader.upgrade()
+            except fdpass.UpgradeError as error:
+                emit("upgrade-failed", error=str(error), status=error.status, new_pid=error.pid)
+            else:
+                emit("upgraded", new_pid=new_pid)
+                return
+
+    signals = threading.Thread(target=take_signals, daemon=True)
+    signals.start()
+    upgrader.ready()
+    emit(
+        "ready",
+        standby_pid=upgrader.standby_pid,
+        has_parent=upgrader.has_parent,
+        parent_pid=upgrader.parent_pid,
+        listen_pid=start_listen_pid,
+        fds=start_fds,
+        probe=start_probe,
+        cwd=start_cwd,
+        version=VERSION,
+        module_value=module_value,
+        address=listener.getsockname(),
+        argv=sys.argv,
+    )
+
+    upgrader.wait_exit()
+    signals.join(30)
+    os.write(stop_write, b"x")
+    server.join(10)
+    listener.close()
+    emit("exit")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
