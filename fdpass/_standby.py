@@ -30,6 +30,7 @@ import json
 import os
 import socket
 import sys
+import time
 
 from fdpass import protocol
 
@@ -41,6 +42,11 @@ RECORD_BYTES = 32768
 
 #: The kernel's SCM_MAX_FD: the most fds one SCM_RIGHTS message can carry.
 MAX_FDS_PER_RECORD = 253
+
+# A module file modified this many ns before the standby started, or later,
+# may have changed while it was imported: the kernel stamps mtime from a
+# coarse clock, which lags by a few ms, so one second covers it.
+_MTIME_MARGIN_NS = 1_000_000_000
 
 # Modules whose import has visible effects: "this" prints, "antigravity" opens a browser.
 _NEVER_PRELOADED = frozenset({"__main__", "this", "antigravity"})
@@ -137,13 +143,18 @@ def _preload(names: list[str]) -> list[list[str]]:
     for name in names:
         try:
             importlib.import_module(name)
-        except Exception as error:  # noqa: BLE001 - any module code can raise; the parent reports it
+        except Exception as error:  # module code can raise anything; the parent reports it
             failed.append([name, f"{type(error).__name__}: {error}"])
     return failed
 
 
-def _module_files() -> list[list[object]]:
-    """Return [path, st_mtime_ns, st_size] for the file of every loaded module that has one."""
+def _module_files(started_ns: int) -> list[list[object]]:
+    """Return [path, st_mtime_ns, st_size] for the file of every loaded module that has one.
+
+    A file modified after started_ns - _MTIME_MARGIN_NS gets st_mtime_ns -1,
+    which matches no file, because the stat() here may have seen a newer
+    file than the import read.
+    """
     seen = set()
     files: list[list[object]] = []
 
@@ -156,7 +167,8 @@ def _module_files() -> list[list[object]]:
             status = os.stat(path)
         except OSError:
             continue
-        files.append([path, status.st_mtime_ns, status.st_size])
+        recent = status.st_mtime_ns >= started_ns - _MTIME_MARGIN_NS
+        files.append([path, -1 if recent else status.st_mtime_ns, status.st_size])
     return files
 
 
@@ -246,10 +258,14 @@ def _control_socket() -> socket.socket:
 
 def main() -> None:
     """Preload, report, wait for the hand-over, and run the program; see the module docstring."""
+    started_ns = time.time_ns()
     sys.path.pop()  # the package directory that bootstrap_code() appended
     base_path = list(sys.path)
     control = _control_socket()
 
+    # EOF or a closed peer means the parent is gone or stopped this standby.
+    # os._exit() skips the atexit handlers that preloaded modules registered
+    # for a program that never ran.
     request = receive_message(control)
     if request is None:
         os._exit(0)
@@ -257,13 +273,13 @@ def main() -> None:
     if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
         raise StandbyProtocolError(f"expected a list of module names, not {names!r}")
     failed = _preload(names)
-    send_message(control, {"pid": os.getpid(), "modules": _module_files(), "failed": failed})
+    try:
+        send_message(control, {"pid": os.getpid(), "modules": _module_files(started_ns), "failed": failed})
+    except (BrokenPipeError, ConnectionResetError):
+        os._exit(0)
 
     handover = receive_message(control)
     if handover is None:
-        # The parent is gone or stopped this standby. os._exit() skips the
-        # atexit handlers that the preloaded modules registered for a program
-        # that never ran.
         os._exit(0)
     control.close()
     payload, fds = handover

@@ -104,15 +104,18 @@ class Standby:
         self.executable_id = _executable_id()
         self.stdio_ids = _stdio_ids()
         self.explicit = explicit
-        self.report: dict[str, object] | None = None
+        # From the standby's report: (path, st_mtime_ns, st_size) of each
+        # loaded module file, and (name, error) of each failed import.
+        self.module_files: list[tuple[str, int, int]] | None = None
+        self.failed_imports: list[tuple[str, str]] = []
         self.status: int | None = None
 
     def __repr__(self) -> str:
         return f"<fdpass standby PID {self.pid}>"
 
     def has_report(self) -> bool:
-        """True once the standby's report of its preloaded modules was received or has arrived."""
-        if self.report is not None:
+        """Return True once the standby's report of its preloaded modules was received or has arrived."""
+        if self.module_files is not None:
             return True
         poller = select.poll()
         poller.register(self.control.fileno(), select.POLLIN)
@@ -120,7 +123,7 @@ class Standby:
 
     def _receive_report(self, timeout: float) -> str | None:
         """Wait for the report; return why the standby is unusable, or None."""
-        if self.report is not None:
+        if self.module_files is not None:
             return None
         self.control.settimeout(max(timeout, 0.001))
         try:
@@ -135,9 +138,13 @@ class Standby:
         report, fds = message
         for fd in fds:
             os.close(fd)
-        if not isinstance(report, dict) or not isinstance(report.get("modules"), list):
+        if not isinstance(report, dict):
             return f"it sent a malformed report: {report!r:.200}"
-        self.report = report
+        try:
+            self.failed_imports = [(str(name), str(error)) for name, error in report["failed"]]
+            self.module_files = [(str(path), int(mtime_ns), int(size)) for path, mtime_ns, size in report["modules"]]
+        except (KeyError, TypeError, ValueError):
+            return f"it sent a malformed report: {report!r:.200}"
         return None
 
     def _exited(self) -> bool:
@@ -161,11 +168,9 @@ class Standby:
         reason = self._receive_report(timeout)
         if reason is not None:
             return reason
-        assert self.report is not None
 
-        failed = self.report.get("failed") or []
-        if self.explicit and failed:
-            name, error = failed[0]
+        if self.explicit and self.failed_imports:
+            name, error = self.failed_imports[0]
             return f"it could not import the preloaded module {name!r}: {error}"
         if self.executable_id is None or self.executable_id != _executable_id():
             return f"the interpreter {sys.executable} changed since the standby started"
@@ -184,18 +189,18 @@ class Standby:
         return self._changed_module_file()
 
     def _changed_module_file(self) -> str | None:
-        assert self.report is not None
-        for entry in self.report["modules"]:  # type: ignore[attr-defined]
-            path, mtime_ns, size = entry
+        for path, mtime_ns, size in self.module_files or ():
             try:
                 status = os.stat(path)
             except OSError as error:
                 return f"the preloaded module file {path} is gone ({error.strerror})"
             if (status.st_mtime_ns, status.st_size) != (mtime_ns, size):
-                return f"the preloaded module file {path} changed since the standby imported it"
+                return f"the preloaded module file {path} changed after the standby started"
         return None
 
-    def hand_over(self, argv: Sequence[str], environ: Mapping[str, str], cwd: str, fds: Sequence[int], timeout: float) -> None:
+    def hand_over(
+        self, argv: Sequence[str], environ: Mapping[str, str], cwd: str, fds: Sequence[int], timeout: float
+    ) -> None:
         """Send fds, environ, cwd and argv; the standby then runs argv as the new generation.
 
         environ carries the fd names in LISTEN_FDNAMES, as for a cold start.

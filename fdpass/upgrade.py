@@ -691,7 +691,9 @@ class Upgrader:
                 _log.info("upgrade handed %d fds over to standby PID %d", len(passed), standby.pid)
                 return standby.pid
 
-        _log.info("upgrade starts the new generation cold, because standby PID %d is not usable: %s", standby.pid, reason)
+        _log.info(
+            "upgrade starts the new generation cold, because standby PID %d is not usable: %s", standby.pid, reason
+        )
         standby.kill()
         return None
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import os
 
 
-
 def fd_targets() -> dict[str, str]:
     targets = {}
     for name in os.listdir("/proc/self/fd"):
@@ -83,7 +82,7 @@ def handle(conn: socket.socket) -> None:
         conn.sendall(f"{os.getpid()} ".encode() + request)
 
 
-def serve(listener: socket.socket, stop_read: int) -> None:
+def serve(listener: socket.socket, stop_read: int, handlers: list[threading.Thread]) -> None:
     with selectors.DefaultSelector() as selector:
         selector.register(listener, selectors.EVENT_READ)
         selector.register(stop_read, selectors.EVENT_READ)
@@ -95,7 +94,9 @@ def serve(listener: socket.socket, stop_read: int) -> None:
                 conn, _ = listener.accept()
             except (BlockingIOError, InterruptedError):
                 continue
-            threading.Thread(target=handle, args=(conn,), daemon=True).start()
+            thread = threading.Thread(target=handle, args=(conn,), daemon=True)
+            thread.start()
+            handlers.append(thread)
 
 
 def main() -> int:
@@ -121,7 +122,8 @@ def main() -> int:
     listener = upgrader.listen((host, int(port)))
     listener.setblocking(False)
     stop_read, stop_write = os.pipe()
-    server = threading.Thread(target=serve, args=(listener, stop_read), daemon=True)
+    handlers: list[threading.Thread] = []
+    server = threading.Thread(target=serve, args=(listener, stop_read, handlers), daemon=True)
     server.start()
 
     def take_signals() -> None:
@@ -167,6 +169,8 @@ def main() -> int:
     os.write(stop_write, b"x")
     server.join(10)
     listener.close()
+    for thread in handlers:
+        thread.join(10)
     emit("exit")
     return 0
 

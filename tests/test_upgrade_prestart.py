@@ -1,0 +1,357 @@
+"""Upgrader(prestart=...): the new generation is a standby interpreter started ahead of upgrade().
+
+Each test runs tests/helpers/prestart_server.py, whose generations write
+JSON events to one stdout pipe. Every test ends the last generation with
+SIGTERM and then checks by PID that no generation and no standby it saw
+still runs. The test process is a child subreaper, so it reaps generations
+and standbys whose parent has exited.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import pathlib
+import shutil
+import signal
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+from conftest import HELPERS, clean_environment
+from test_upgrade import LoadClient, send_request
+
+import fdpass
+
+PR_SET_CHILD_SUBREAPER = 36
+
+#: Seconds to wait for one event, and for one process to end.
+EVENT_TIMEOUT = 20.0
+
+
+def process_ended(pid: int) -> bool:
+    """Reap pid if it is this process's child; return True if it no longer runs (gone or a zombie)."""
+    try:
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return True
+    except ChildProcessError:
+        pass
+    try:
+        with open(f"/proc/{pid}/stat") as stream:
+            return stream.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def wait_ended(pid: int, timeout: float = EVENT_TIMEOUT) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process_ended(pid):
+            return True
+        time.sleep(0.01)
+    return process_ended(pid)
+
+
+@pytest.fixture
+def reaper() -> Iterator[None]:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        pytest.skip(f"prctl(PR_SET_CHILD_SUBREAPER) failed: {os.strerror(ctypes.get_errno())}")
+    try:
+        yield
+    finally:
+        libc.prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+
+
+class Run:
+    """The generations of one prestart_server.py run, their events, and every PID they reported."""
+
+    def __init__(self, child, control: pathlib.Path) -> None:
+        self.child = child
+        self.control = control
+        self.events: list[dict] = []
+        self.pids: set[int] = {child.pid}
+        self._unread: list[dict] = []
+        self.ready = self.wait_event(child.pid, "ready")
+        self.current = child.pid
+        self.address = tuple(self.ready["address"])
+
+    def set_control(self, **settings: object) -> None:
+        temporary = self.control.with_suffix(".tmp")
+        temporary.write_text(json.dumps(settings))
+        temporary.replace(self.control)
+
+    def wait_event(self, pid: int, *kinds: str) -> dict:
+        """Return the first event, seen or new, of generation pid with one of kinds."""
+        match: Callable[[dict], bool] = lambda event: event["pid"] == pid and event["event"] in kinds  # noqa: E731
+        for event in self._unread:
+            if match(event):
+                self._unread.remove(event)
+                return event
+
+        deadline = time.monotonic() + EVENT_TIMEOUT
+        while True:
+            try:
+                event = self.child.read_json(timeout=max(0.0, deadline - time.monotonic()))
+            except (TimeoutError, EOFError) as error:
+                raise AssertionError(f"no {kinds} event from PID {pid}: {error}; events: {self.events}") from None
+            self.events.append(event)
+            self.pids.add(event["pid"])
+            for field in ("standby_pid", "new_pid"):
+                if isinstance(event.get(field), int):
+                    self.pids.add(event[field])
+            if match(event):
+                return event
+            self._unread.append(event)
+
+    def upgrade(self) -> tuple[dict, dict, dict]:
+        """Send SIGHUP; return the old generation's "upgrading" and "upgraded" events and the new "ready".
+
+        Returns once the old generation has exited, so the next upgrade is allowed.
+        """
+        old = self.current
+        os.kill(old, signal.SIGHUP)
+
+        upgrading = self.wait_event(old, "upgrading")
+        outcome = self.wait_event(old, "upgraded", "upgrade-failed")
+        assert outcome["event"] == "upgraded", outcome
+        ready = self.wait_event(outcome["new_pid"], "ready")
+        self.wait_event(old, "exit")
+        assert wait_ended(old)
+        self.current = outcome["new_pid"]
+        return upgrading, outcome, ready
+
+    def logs(self, pid: int) -> list[str]:
+        return [event["message"] for event in self.events if event["event"] == "log" and event["pid"] == pid]
+
+    def finish(self) -> None:
+        """Stop the current generation with SIGTERM and check that nothing it or its ancestors started runs."""
+        os.kill(self.current, signal.SIGTERM)
+        self.wait_event(self.current, "exit")
+
+        running = [pid for pid in sorted(self.pids) if not wait_ended(pid)]
+        assert running == [], f"still running: {running}; events: {self.events}"
+
+
+@pytest.fixture
+def start_run(reaper, children, tmp_path) -> Callable[..., Run]:
+    """Start prestart_server.py and wait until its first generation is ready."""
+
+    def start(*options: str, script: pathlib.Path | None = None, env: dict[str, str] | None = None) -> Run:
+        control = tmp_path / "control.json"
+        control.write_text("{}")
+        child = children.python(
+            script or HELPERS / "prestart_server.py",
+            "--address", "127.0.0.1:0", "--control", str(control), *options,
+            env=env,
+        )
+        return Run(child, control)
+
+    return start
+
+
+def test_new_generation_is_the_standby(start_run):
+    """The standby becomes the new generation, with LISTEN_PID, the listener and only the passed fds."""
+    run = start_run()
+    standby = run.ready["standby_pid"]
+    assert isinstance(standby, int)
+
+    upgrading, upgraded, ready = run.upgrade()
+
+    assert upgrading["standby_pid"] == standby
+    assert upgraded["new_pid"] == standby
+    assert ready["listen_pid"] == str(standby)
+    assert ready["has_parent"] is True
+    assert sorted(ready["fds"], key=int) == ["0", "1", "2", "3", "4", "5"]
+    assert ready["fds"]["3"].startswith("socket:")
+    assert ready["fds"]["4"].startswith("pipe:")
+    assert ready["fds"]["5"].startswith("pipe:")
+    assert ready["argv"][1:] == run.ready["argv"][1:]
+    assert send_request(run.address, "hello").split()[0] == str(standby)
+    assert ready["standby_pid"] not in (None, standby)
+    run.finish()
+
+
+def test_changed_program_runs_new_code(start_run, tmp_path):
+    """A program file changed after the standby started: the standby runs the new code."""
+    script = tmp_path / "prestart_server.py"
+    shutil.copy(HELPERS / "prestart_server.py", script)
+    run = start_run(script=script)
+
+    script.write_text(script.read_text().replace("\nVERSION = 1\n", "\nVERSION = 2\n"))
+    _, upgraded, ready = run.upgrade()
+
+    assert run.ready["version"] == 1
+    assert upgraded["new_pid"] == run.ready["standby_pid"]
+    assert ready["version"] == 2
+    run.finish()
+
+
+def test_environment_and_cwd_reach_standby(start_run, tmp_path):
+    """A variable set and a directory changed in the parent after the standby started reach the new generation."""
+    directory = tmp_path / "new-cwd"
+    directory.mkdir()
+    run = start_run()
+    assert run.ready["probe"] is None
+
+    run.set_control(setenv={"FDPASS_TEST_PROBE": "set after the standby started"}, chdir=str(directory))
+    _, upgraded, ready = run.upgrade()
+
+    assert upgraded["new_pid"] == run.ready["standby_pid"]
+    assert ready["probe"] == "set after the standby started"
+    assert ready["cwd"] == str(directory)
+    run.finish()
+
+
+def test_killed_standby_falls_back_cold(start_run):
+    """A standby killed before upgrade(): the upgrade starts the new generation cold and succeeds."""
+    run = start_run()
+    standby = run.ready["standby_pid"]
+    os.kill(standby, signal.SIGKILL)
+
+    _, upgraded, ready = run.upgrade()
+
+    assert upgraded["new_pid"] != standby
+    assert ready["listen_pid"] == str(upgraded["new_pid"])
+    assert any("cold" in message and str(standby) in message for message in run.logs(upgraded["pid"]))
+    assert process_ended(standby)
+    assert send_request(run.address, "hello").split()[0] == str(upgraded["new_pid"])
+    run.finish()
+
+
+def test_changed_preloaded_module_falls_back_cold(start_run, tmp_path):
+    """A preloaded module's file changed: cold start, and the new generation imports the new file."""
+    modules = tmp_path / "modules"
+    modules.mkdir()
+    module = modules / "prestart_probe_module.py"
+    # The module leaves a file named after each process that imports it.
+    module.write_text(
+        "import os\n"
+        "open(os.path.join(os.path.dirname(__file__), f'imported-by-{os.getpid()}'), 'w').close()\n"
+        "VALUE = 1\n"
+    )
+    # An old mtime, so the standby does not take the file for one written while it started.
+    os.utime(module, (time.time() - 100, time.time() - 100))
+    env = clean_environment({"PYTHONPATH": str(modules)})
+    run = start_run("--prestart", '["prestart_probe_module"]', "--module", "prestart_probe_module", env=env)
+    standby = run.ready["standby_pid"]
+    marker = modules / f"imported-by-{standby}"
+    deadline = time.monotonic() + EVENT_TIMEOUT
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert marker.exists()
+
+    module.write_text(module.read_text().replace("VALUE = 1", "VALUE = 22"))
+    _, upgraded, ready = run.upgrade()
+
+    assert run.ready["module_value"] == 1
+    assert upgraded["new_pid"] != standby
+    assert ready["module_value"] == 22
+    messages = run.logs(upgraded["pid"])
+    assert any(str(module) in message and "changed" in message for message in messages), messages
+    run.finish()
+
+
+def test_unimportable_prestart_module_is_named(start_run):
+    """A module that the standby cannot import: the upgrade starts cold and the log names the module."""
+    run = start_run("--prestart", '["fdpass_no_such_module"]')
+
+    _, upgraded, _ = run.upgrade()
+
+    assert upgraded["new_pid"] != run.ready["standby_pid"]
+    messages = run.logs(upgraded["pid"])
+    assert any("'fdpass_no_such_module'" in message for message in messages), messages
+    run.finish()
+
+
+def test_crash_through_standby_keeps_parent(start_run):
+    """A program that crashes in the standby: UpgradeError, the parent serves, the next upgrade succeeds."""
+    run = start_run()
+    first_standby = run.ready["standby_pid"]
+    run.set_control(crash=True)
+
+    os.kill(run.current, signal.SIGHUP)
+    run.wait_event(run.current, "upgrading")
+    failed = run.wait_event(run.current, "upgrade-failed")
+
+    assert failed["new_pid"] == first_standby
+    assert failed["status"] == 3
+    assert send_request(run.address, "still there").split()[0] == str(run.current)
+
+    run.set_control()
+    upgrading, upgraded, ready = run.upgrade()
+
+    assert upgrading["standby_pid"] not in (None, first_standby)
+    assert upgraded["new_pid"] == upgrading["standby_pid"]
+    assert ready["has_parent"] is True
+    run.finish()
+
+
+def test_upgrades_through_standbys_under_load(start_run):
+    """12 upgrades in a row, each through a standby, while a client keeps connecting: nothing refused."""
+    run = start_run()
+
+    with LoadClient(run.address) as client:
+        for _ in range(12):
+            upgrading, upgraded, _ = run.upgrade()
+            assert upgraded["new_pid"] == upgrading["standby_pid"]
+
+    assert client.errors == []
+    assert len(client.answered) > 0
+    run.finish()
+
+
+def test_stop_ends_standby(start_run):
+    """stop() kills and reaps the standby before the generation exits."""
+    run = start_run()
+    standby = run.ready["standby_pid"]
+
+    os.kill(run.current, signal.SIGTERM)
+    stopping = run.wait_event(run.current, "stopping")
+    run.wait_event(run.current, "exit")
+
+    assert stopping["standby_pid"] == standby
+    assert process_ended(standby)
+    assert wait_ended(run.current)
+
+
+def test_standby_exits_with_killed_generation(start_run):
+    """A generation killed with SIGKILL: its standby reads EOF on the control socket and exits with status 0."""
+    run = start_run()
+    _, _, ready = run.upgrade()
+    standby = ready["standby_pid"]
+
+    os.kill(run.current, signal.SIGKILL)
+    assert wait_ended(run.current)
+
+    # The standby becomes an orphan, and this subreaper its parent, once the
+    # last thread of the killed generation has exited.
+    deadline = time.monotonic() + EVENT_TIMEOUT
+    status = None
+    while status is None and time.monotonic() < deadline:
+        try:
+            pid, wait_status = os.waitpid(standby, os.WNOHANG)
+        except ChildProcessError:
+            pid = 0
+        if pid == standby:
+            status = os.waitstatus_to_exitcode(wait_status)
+        else:
+            time.sleep(0.01)
+    assert status == 0
+
+
+@pytest.mark.parametrize(
+    ("prestart", "error", "named"),
+    [
+        ("json", TypeError, "'json'"),
+        (None, TypeError, "None"),
+        (1, TypeError, "1"),
+        (["json", 7], TypeError, "7"),
+        (["json", "email..utils"], ValueError, "'email..utils'"),
+    ],
+)
+def test_prestart_rejects_bad_values(prestart, error, named):
+    """A prestart that is not a bool or a list of module names raises, naming the value."""
+    with pytest.raises(error, match=f"prestart.*{named}"):
+        fdpass.Upgrader(prestart=prestart)
