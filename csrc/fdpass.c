@@ -671,6 +671,55 @@ int fdpass_find_unadoptable(const int *fds, int nfds)
 }
 
 /*
+ * fdpass_find_unadoptable() for first_fd .. first_fd + nfds - 1, the layout
+ * LISTEN_FDS declares, so the caller builds no array. Returns the offset of
+ * the first fd that is closed or has FD_CLOEXEC set, or nfds.
+ * Async-signal-safe.
+ */
+int fdpass_find_unadoptable_range(int first_fd, int nfds)
+{
+    int i;
+
+    if (first_fd < 0 || nfds < 0 || nfds > INT_MAX - first_fd) {
+        errno = EINVAL;
+        return -1;
+    }
+
+    for (i = 0; i < nfds; i++) {
+        int flags = fcntl(first_fd + i, F_GETFD);
+
+        if (flags == -1 || (flags & FD_CLOEXEC))
+            return i;
+    }
+
+    return nfds;
+}
+
+/*
+ * Point out[0 .. count - 1] at the count NUL-terminated strings that follow
+ * each other in block, and set out[count] to NULL: the argv or envp array
+ * that execve() takes. One call from Python replaces one allocation per
+ * string. block must hold at least count NUL bytes. Async-signal-safe.
+ */
+int fdpass_split_strings(char *block, int count, char *out[])
+{
+    int i;
+
+    if (block == NULL || out == NULL || count < 0) {
+        errno = EINVAL;
+        return -1;
+    }
+
+    for (i = 0; i < count; i++) {
+        out[i] = block;
+        block += strlen(block) + 1;
+    }
+    out[count] = NULL;
+
+    return 0;
+}
+
+/*
  * Set (cloexec != 0) or clear FD_CLOEXEC on each fd with F_GETFD/F_SETFD.
  * Stops at the first failure, with the earlier fds already changed, so
  * callers check the fds first. Async-signal-safe.

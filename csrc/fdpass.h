@@ -26,6 +26,10 @@ int fdpass_inspect(const int *fds, int nfds, struct fdpass_fdinfo *out);
 
 int fdpass_find_unadoptable(const int *fds, int nfds);
 
+int fdpass_find_unadoptable_range(int first_fd, int nfds);
+
+int fdpass_split_strings(char *block, int count, char *out[]);
+
 int fdpass_set_cloexec(const int *fds, int nfds, int cloexec);
 
 int fdpass_set_cloexec_range(int first_fd, int nfds);

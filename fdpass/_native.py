@@ -68,11 +68,17 @@ def raise_errno(errno: int, filename: object = None) -> None:
     raise OSError(errno, os.strerror(errno), filename)
 
 
-def _to_cstrings(items: Sequence[bytes]) -> tuple[object, list[object]]:
-    # The char* array must outlive the call, and so must each buffer it points to.
-    buffers = [ffi.new("char[]", item) for item in items]
-    array = ffi.new("char *[]", [*buffers, ffi.NULL])
-    return array, buffers
+def _to_cstrings(items: Sequence[bytes]) -> tuple[object, object]:
+    """Return a NULL-terminated char* array over items, and the buffer it points into.
+
+    The caller keeps both alive for the C call. items must not contain NUL.
+    """
+    # One buffer and one C call, where one ffi.new() per string would cost a
+    # microsecond each for every environment variable.
+    block = ffi.new("char[]", b"\0".join(items))
+    array = ffi.new("char *[]", len(items) + 1)
+    lib.fdpass_split_strings(block, len(items), array)
+    return array, block
 
 
 def exec_with_fds(path: bytes, argv: Sequence[bytes], envp: Sequence[bytes], fds: Sequence[int]) -> tuple[int, int]:
@@ -170,6 +176,15 @@ def inspect_columns(fds: Sequence[int]) -> dict[str, list[int]]:
     values = memoryview(ffi.buffer(out)).cast("i").tolist()
     width = len(FDINFO_FIELDS)
     return {name: values[index::width] for index, name in enumerate(FDINFO_FIELDS)}
+
+
+def all_adoptable_range(first_fd: int, count: int) -> bool:
+    """Return True if first_fd .. first_fd + count - 1 are all open with FD_CLOEXEC clear."""
+    index = lib.fdpass_find_unadoptable_range(first_fd, count)
+    if index == -1:
+        raise_errno(ffi.errno)
+
+    return bool(index == count)
 
 
 def all_adoptable(fds: Sequence[int]) -> bool:
