@@ -31,10 +31,12 @@ _INT_MAX = 2**31 - 1
 
 # The raw int members of _socket.socket. socket.socket's family and type
 # properties wrap them in enums, which costs a Python call per socket.
-_FAMILY = _socket.socket.__dict__["family"]
-_TYPE = _socket.socket.__dict__["type"]
-_PROTOCOL = _socket.socket.__dict__["proto"]
-_TIMEOUT = _socket.socket.__dict__["timeout"]
+_FAMILY = _socket.socket.__dict__["family"].__get__
+_TYPE = _socket.socket.__dict__["type"].__get__
+# socket.socket does not override these two, and attrgetter() reads them
+# faster than a descriptor's __get__ does.
+_PROTOCOL = operator.attrgetter("proto")
+_TIMEOUT = operator.attrgetter("timeout")
 
 
 # The SO_PROTOCOL value of a socket created with protocol 0, which
@@ -47,20 +49,27 @@ _DEFAULT_PROTOCOLS = {
 }
 
 
-def encode(items: Sequence[object], pid: int) -> str | None:
+def encode(items: Sequence[object], pid: int, item_types: set[type] | None = None) -> str | None:
     """Return the FDPASS_SOCKETS value for items, or None.
 
+    item_types is set(map(type, items)), if the caller has it already.
     None means an item is not a socket.socket, or has protocol 0 in a family
     and type whose real protocol this module does not know.
     """
-    if not items or not all(issubclass(item_type, socket.socket) for item_type in set(map(type, items))):
+    if item_types is None:
+        item_types = set(map(type, items))
+    if not items or not all(issubclass(item_type, socket.socket) for item_type in item_types):
         return None
 
     count = len(items)
-    families = list(map(_FAMILY.__get__, items))
-    types = list(map(_TYPE.__get__, items))
-    protocols = list(map(_PROTOCOL.__get__, items))
-    nonblocking = list(map(operator.is_not, map(_TIMEOUT.__get__, items), itertools.repeat(None)))
+    families = list(map(_FAMILY, items))
+    types = list(map(_TYPE, items))
+    protocols = list(map(_PROTOCOL, items))
+    timeouts = list(map(_TIMEOUT, items))
+    if timeouts.count(None) == count:
+        nonblocking = [False] * count
+    else:
+        nonblocking = list(map(operator.is_not, timeouts, itertools.repeat(None)))
 
     # Usually every socket is alike, and list.count() checks that in C.
     columns = (families, types, protocols, nonblocking)

@@ -15,6 +15,11 @@ import sys
 
 from fdpass._record import Frozen
 
+# For mypy only, so a restart's fresh process does not load collections.abc here.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
 _PYTHONPATH = "PYTHONPATH"
 
 
@@ -59,7 +64,7 @@ def _module_search_dir() -> str | None:
     return sys.path[0]
 
 
-def current(environ: dict[str, str] | None = None) -> StartCommand:
+def current(environ: Mapping[str, str] | None = None) -> StartCommand:
     """Return the command that starts this program again.
 
     environ is the environment the new program will get; it is read to decide

@@ -108,8 +108,14 @@ def encode(names: Iterable[str], pid: int) -> dict[str, str]:
     Each name is checked with validate_name().
     """
     checked = list(names)
-    # Check each distinct name once: thousands of fds usually share a few names.
-    distinct = dict.fromkeys(checked) if set(map(type, checked)) <= {str} else checked
+    # Check each distinct name once: thousands of fds usually share a few
+    # names, and often one, which list.count() finds without hashing.
+    if checked and checked.count(checked[0]) == len(checked):
+        distinct: Iterable[object] = checked[:1]
+    elif set(map(type, checked)) <= {str}:
+        distinct = dict.fromkeys(checked)
+    else:
+        distinct = checked
     for name in distinct:
         validate_name(name)
     if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:

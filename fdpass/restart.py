@@ -25,7 +25,7 @@ from fdpass import state as state_module
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from typing import NoReturn, Protocol
+    from typing import NoReturn, Protocol, TypeGuard
 
     from fdpass.addresses import Address
 
@@ -98,8 +98,6 @@ class Inherited(Mapping[str, "rebuild.FdObject"]):
 _lock = _thread.RLock()
 _inherited: Inherited | None = None
 _inherit_error: ValueError | None = None
-# id(object) -> name, for every inherited object, so that passing it on keeps its name.
-_inherited_names: dict[int, str] = {}
 # Sockets returned by listen(), with the name each one is passed under.
 _listeners: list[tuple[socket.socket, str]] = []
 
@@ -199,13 +197,23 @@ def _check_adoptable(columns: dict[str, list[int]], names: Sequence[str]) -> Non
             )
 
 
+def _consecutive(fds: Sequence[int]) -> bool:
+    # protocol.decode() returns range(3, 3 + LISTEN_FDS) as a tuple, so the
+    # C calls below can take a first fd and a count.
+    return bool(fds) and tuple(fds) == tuple(range(fds[0], fds[0] + len(fds)))
+
+
 def _set_cloexec(fds: Sequence[int]) -> None:
-    # protocol.decode() returns consecutive fds, so one close_range() call
-    # can set FD_CLOEXEC on all of them.
-    if fds and tuple(fds) == tuple(range(fds[0], fds[0] + len(fds))):
+    if _consecutive(fds):
         _native.set_cloexec_range(fds[0], len(fds))
     else:
         _native.set_cloexec(fds, True)
+
+
+def _all_adoptable(fds: Sequence[int]) -> bool:
+    if _consecutive(fds):
+        return _native.all_adoptable_range(fds[0], len(fds))
+    return _native.all_adoptable(fds)
 
 
 def _adopt_described_sockets(
@@ -220,7 +228,7 @@ def _adopt_described_sockets(
     families, types, protocols, nonblocking = specs
 
     # The full inspection in _adopt() raises the error that names the bad fd.
-    if not _native.all_adoptable(fds):
+    if not _all_adoptable(fds):
         return None
     try:
         sockets = rebuild.rebuild_sockets(fds, families, types, protocols, nonblocking)
@@ -257,8 +265,6 @@ def _adopt(listen_env: protocol.ListenEnv) -> Inherited:
 
         def describe() -> tuple[rebuild.Description, ...]:
             return rebuild.describe_columns(columns, names)
-
-    _inherited_names.update(zip(map(id, objects), names, strict=True))
 
     if objects and _log.enabled(_log.INFO):
         _log.info("adopted %d fds: %s", len(objects), ", ".join(f"{d.fd}={d.name!r} ({d.kind})" for d in describe()))
@@ -386,22 +392,22 @@ def _fd_number(item: object, label: str) -> int:
     return fd
 
 
-def _fd_numbers(items: Sequence[object], label: Callable[[int], str]) -> list[int]:
-    """Return the fd of every item, checked like _fd_number(), with one function call per list."""
+def _fd_numbers(items: Sequence[object], item_types: set[type], label: Callable[[int], str]) -> list[int]:
+    """Return the fd of every item, checked like _fd_number(); item_types is set(map(type, items))."""
     # Sockets and ints, the common cases, skip the per-item checks. Any other
     # type, or a closed or out-of-range fd, sends the list through
     # _fd_number(), which raises with the item's label.
-    types = set(map(type, items))
-    if types == {socket.socket}:
+    if item_types == {socket.socket}:
         numbers = list(map(socket.socket.fileno, items))  # type: ignore[arg-type]
-    elif types == {int}:
+        # fileno() of a socket is a C int, or -1 once it is closed.
+        if not numbers or min(numbers) >= 0:
+            return numbers
+    elif item_types == {int}:
         numbers = list(items)  # type: ignore[arg-type]
-    else:
-        return [_fd_number(item, label(index)) for index, item in enumerate(items)]
+        if not numbers or (min(numbers) >= 0 and max(numbers) <= _INT_MAX):
+            return numbers
 
-    if numbers and (min(numbers) < 0 or max(numbers) > _INT_MAX):
-        return [_fd_number(item, label(index)) for index, item in enumerate(items)]
-    return numbers
+    return [_fd_number(item, label(index)) for index, item in enumerate(items)]
 
 
 def _check_unique(numbers: list[int], label: Callable[[int], str]) -> None:
@@ -417,11 +423,51 @@ def _check_unique(numbers: list[int], label: Callable[[int], str]) -> None:
         first_index[fd] = index
 
 
-def _resolve_fds(
-    fds: Sequence[FdLike] | Mapping[str, FdLike],
-) -> tuple[list[object], list[int], list[str], Callable[[int], str]]:
-    """Return (items, fd numbers, names, index -> label for errors), with types, names and repeats checked."""
-    if isinstance(fds, Mapping):
+class _Resolved:
+    """The fds given to reexec() or upgrade(), with their numbers, names and item types."""
+
+    __slots__ = ("item_types", "items", "label", "names", "numbers")
+
+    def __init__(
+        self, items: list[object], item_types: set[type], numbers: list[int], names: list[str],
+        label: Callable[[int], str],
+    ) -> None:
+        self.items = items
+        # set(map(type, items)), kept because each later pass over thousands
+        # of items would cost as much again.
+        self.item_types = item_types
+        self.numbers = numbers
+        self.names = names
+        self.label = label
+
+
+# A restart runs its checks in a process that has never run them, and the
+# first isinstance() of a type against an ABC costs about 10 us, so the
+# builtin containers are tested by exact type first.
+_BUILTIN_CONTAINERS = (list, tuple, dict)
+
+
+def _is_mapping(fds: object) -> TypeGuard[Mapping[str, FdLike]]:
+    kind = type(fds)
+    if kind in _BUILTIN_CONTAINERS:
+        return kind is dict
+    return isinstance(fds, Mapping)
+
+
+def _is_empty_collection(fds: object) -> bool:
+    if type(fds) in _BUILTIN_CONTAINERS:
+        return not fds
+    return isinstance(fds, (Mapping, Sequence)) and len(fds) == 0
+
+
+def _resolve_fds(fds: Sequence[FdLike] | Mapping[str, FdLike], *, check_repeats: bool = True) -> _Resolved:
+    """Return the items of fds with their fd numbers, names and error labels, with types and names checked.
+
+    With check_repeats, an fd given twice raises ValueError. reexec() leaves
+    that to fdpass_exec(), which rejects a repeated fd before it changes
+    anything.
+    """
+    if _is_mapping(fds):
         label = _item_labels(fds)
         names = list(fds.keys())
         for index, name in enumerate(names):
@@ -429,17 +475,19 @@ def _resolve_fds(
                 raise TypeError(f"{label(index)}: the name must be a str, not {type(name).__name__}")
             protocol.validate_name(name)
         items: list[object] = list(fds.values())
-    elif isinstance(fds, (str, bytes)) or not isinstance(fds, (Sequence, set, frozenset, tuple, list)):
+    elif isinstance(fds, (str, bytes)) or not isinstance(fds, (list, tuple, set, frozenset, Sequence)):
         raise TypeError(f"fds must be a sequence of fds or a mapping from name to fd, not {type(fds).__name__}")
     else:
         label = _item_labels(fds)
         items = list(fds)
         names = [protocol.DEFAULT_NAME] * len(items)
 
-    numbers = _fd_numbers(items, label)
-    _check_unique(numbers, label)
+    item_types = set(map(type, items))
+    numbers = _fd_numbers(items, item_types, label)
+    if check_repeats:
+        _check_unique(numbers, label)
 
-    return items, numbers, names, label
+    return _Resolved(items, item_types, numbers, names, label)
 
 
 def flush_output() -> None:
@@ -468,10 +516,10 @@ def flush_output() -> None:
                 _log.debug("cannot flush logging handler %r before exec: %s", handler, error)
 
 
-def _flush_passed(items: Sequence[object], label: Callable[[int], str]) -> None:
+def _flush_passed(items: Sequence[object], item_types: set[type], label: Callable[[int], str]) -> None:
     # A file object's write buffer lives in this process's memory, which
     # execve discards, so flush it while the fd can still take the bytes.
-    if set(map(type, items)) <= {int, socket.socket}:
+    if item_types <= {int, socket.socket}:
         return
     for index, item in enumerate(items):
         if isinstance(item, (int, socket.socket)):
@@ -496,6 +544,32 @@ def _encode_environment(env: Mapping[str, str]) -> list[bytes]:
             raise ValueError(f"env contains an invalid variable {key!r}={value!r}: names need no '=' or NUL")
         encoded.append(f"{key}={value}".encode(encoding, errors))
     return encoded
+
+
+def _environment_block(
+    env: Mapping[str, str] | None, updates: Mapping[str, str], removed: Sequence[str]
+) -> list[bytes]:
+    """Return the "NAME=value" entries of env (None: os.environ) without removed, with updates applied."""
+    if env is not None:
+        environ = dict(env)
+        for name in removed:
+            environ.pop(name, None)
+        environ.update(updates)
+        return _encode_environment(environ)
+
+    # os.environ keeps its variables encoded, in the _data dict it shares
+    # with os.environb on POSIX, and putenv() has refused NUL and "=" in
+    # their names. Copying that dict takes about 1 us; the mapping interface
+    # decodes each variable and takes about 30 us in a restart's cold process.
+    data = getattr(os.environb, "_data", None)
+    block = dict(data) if type(data) is dict else dict(os.environb)
+    encoding, errors = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
+    for name in removed:
+        block.pop(name.encode(encoding, errors), None)
+    for entry in _encode_environment(updates):
+        key, _, value = entry.partition(b"=")
+        block[key] = value
+    return [key + b"=" + value for key, value in block.items()]
 
 
 def _encode_executable(executable: object) -> bytes:
@@ -562,17 +636,19 @@ def reexec(
             fd flag and signal setting is as it was, so the program can go on
             serving.
     """
-    label: Callable[[int], str]
-    if isinstance(fds, (Mapping, Sequence)) and len(fds) == 0:
+    if _is_empty_collection(fds):
         defaults = listeners()
-        items: list[object] = [sock for _, sock in defaults]
-        numbers = [sock.fileno() for _, sock in defaults]
-        names = [name for name, _ in defaults]
 
         def label(index: int) -> str:
             return f"listener {defaults[index][0]!r} ({defaults[index][1]!r})"
+
+        items: list[object] = [sock for _, sock in defaults]
+        resolved = _Resolved(
+            items, set(map(type, items)), [sock.fileno() for _, sock in defaults], [name for name, _ in defaults], label
+        )
     else:
-        items, numbers, names, label = _resolve_fds(fds)
+        resolved = _resolve_fds(fds, check_repeats=False)
+    items, numbers, names = resolved.items, resolved.numbers, resolved.names
     if state_module.STATE_FD_NAME in names:
         raise ValueError(
             f"the fd name {state_module.STATE_FD_NAME!r} is reserved for reexec(state=...); pick another name"
@@ -581,12 +657,13 @@ def reexec(
 
     if env is not None and not isinstance(env, Mapping):
         raise TypeError(f"env must be a mapping from str to str, not {type(env).__name__}: {env!r}")
-    environ = dict(os.environ if env is None else env)
+    updates: dict[str, str] = {}
     if argv is None:
-        start = command.current(environ)
+        # current() only reads the environment it is given.
+        start = command.current(os.environ if env is None else dict(env))
         exec_argv: Sequence[str | bytes] = start.argv
         exec_path: str | bytes | os.PathLike[str] = start.executable if executable is None else executable
-        environ.update(start.env_updates)
+        updates.update(start.env_updates)
     else:
         exec_argv = argv
         if executable is None:
@@ -598,15 +675,14 @@ def reexec(
             exec_path = executable
     if state_bytes is not None:
         names = [*names, state_module.STATE_FD_NAME]
-    protocol.apply(environ, names, os.getpid())
-    environ.pop(_socket_env.VARIABLE, None)
-    socket_spec = _socket_env.encode(items, os.getpid())
+    updates.update(protocol.encode(names, os.getpid()))
+    socket_spec = _socket_env.encode(items, os.getpid(), resolved.item_types)
     if socket_spec is not None:
-        environ[_socket_env.VARIABLE] = socket_spec
+        updates[_socket_env.VARIABLE] = socket_spec
 
     argv_bytes = _encode_argv(exec_argv)
     path_bytes = _encode_executable(exec_path)
-    envp_bytes = _encode_environment(environ)
+    envp_bytes = _environment_block(env, updates, (*protocol.VARIABLES, _socket_env.VARIABLE))
 
     state_fd = None if state_bytes is None else state_module.create_state_fd(state_bytes)
     if state_fd is not None:
@@ -619,16 +695,17 @@ def reexec(
                 len(numbers),
                 ", ".join(f"{fd}={name!r}" for fd, name in zip(numbers, names, strict=True)),
             )
-        _flush_passed(items, label)
+        _flush_passed(items, resolved.item_types, resolved.label)
         flush_output()
         errno, bad_index = _native.exec_with_fds(path_bytes, argv_bytes, envp_bytes, numbers)
     if state_fd is not None:
         os.close(state_fd)
 
     if bad_index >= 0:
+        bad = f"{resolved.label(bad_index)} is fd {numbers[bad_index]}"
         if errno == errno_module.EBADF:
-            raise OSError(errno, f"{label(bad_index)} is fd {numbers[bad_index]}, which is not open; pass an open fd")
-        raise ValueError(f"{label(bad_index)} is fd {numbers[bad_index]}, which is passed twice; pass each fd once")
+            raise OSError(errno, f"{bad}, which is not open; pass an open fd")
+        raise ValueError(f"{bad}, which is passed twice; pass each fd once")
 
     _log.warning(
         "restart failed: execve(%s): %s; the program keeps running", os.fsdecode(path_bytes), os.strerror(errno)

@@ -554,8 +554,9 @@ class Upgrader:
         state_bytes = None if state is None else state_module.to_bytes(state)
         if fds is not None and not isinstance(fds, Mapping):
             raise TypeError(f"fds must be a mapping from name to fd, not {type(fds).__name__}")
-        _, extra_numbers, extra_names, extra_label = restart._resolve_fds(fds or {})
-        extra_labels = [extra_label(index) for index in range(len(extra_numbers))]
+        extra = restart._resolve_fds(fds or {})
+        extra_numbers, extra_names = extra.numbers, extra.names
+        extra_labels = [extra.label(index) for index in range(len(extra_numbers))]
         for name in extra_names:
             if name in _RESERVED_NAMES:
                 raise ValueError(f"the fd name {name!r} is reserved for fdpass itself; pick another name")
