@@ -49,16 +49,7 @@ class FdInfo(Frozen):
         protocol: int,
         listening: bool,
     ) -> None:
-        store = object.__setattr__
-        store(self, "fd", fd)
-        store(self, "error", error)
-        store(self, "fd_flags", fd_flags)
-        store(self, "status_flags", status_flags)
-        store(self, "mode", mode)
-        store(self, "family", family)
-        store(self, "type", type)
-        store(self, "protocol", protocol)
-        store(self, "listening", listening)
+        self._store(fd, error, fd_flags, status_flags, mode, family, type, protocol, listening)
 
 
 def raise_errno(errno: int, filename: object = None) -> None:

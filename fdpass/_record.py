@@ -16,12 +16,17 @@ if TYPE_CHECKING:
 class Frozen:
     """Immutable record whose fields are the names in the subclass's FIELDS, in order.
 
-    A subclass sets ``__slots__ = FIELDS``, and its __init__ stores each field
-    with object.__setattr__.
+    A subclass sets ``__slots__ = FIELDS``, and its __init__ passes the
+    field values, in FIELDS order, to _store().
     """
 
     __slots__ = ()
     FIELDS: tuple[str, ...] = ()
+
+    def _store(self, *values: object) -> None:
+        # Frozen.__setattr__ refuses every assignment, so this bypasses it.
+        for name, value in zip(type(self).FIELDS, values, strict=True):
+            object.__setattr__(self, name, value)
 
     def _fields(self) -> Iterator[tuple[str, object]]:
         for name in type(self).FIELDS:

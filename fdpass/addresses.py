@@ -37,11 +37,7 @@ class Target(Frozen):
     sockaddr: tuple[object, ...] | bytes
 
     def __init__(self, original: object, family: int, type: int, sockaddr: tuple[object, ...] | bytes) -> None:
-        store = object.__setattr__
-        store(self, "original", original)
-        store(self, "family", family)
-        store(self, "type", type)
-        store(self, "sockaddr", sockaddr)
+        self._store(original, family, type, sockaddr)
 
     @property
     def any_port(self) -> bool:

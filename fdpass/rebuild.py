@@ -73,14 +73,7 @@ class Description(Frozen):
         protocol: int = -1,
         listening: bool = False,
     ) -> None:
-        store = object.__setattr__
-        store(self, "fd", fd)
-        store(self, "name", name)
-        store(self, "kind", kind)
-        store(self, "family", family)
-        store(self, "type", type)
-        store(self, "protocol", protocol)
-        store(self, "listening", listening)
+        self._store(fd, name, kind, family, type, protocol, listening)
 
 
 def kind_of(info: FdInfo) -> str:
