@@ -80,6 +80,8 @@ class Load:
     def __init__(self, port: int, threads: int = 4) -> None:
         self.port = port
         self.responses: list[tuple[str, int]] = []
+        # started[i]: time.monotonic() when the request of responses[i] began.
+        self.started: list[float] = []
         self.errors: list[str] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -90,6 +92,7 @@ class Load:
         for _ in range(MAX_REQUESTS_PER_THREAD):
             if self._stop.is_set() or time.monotonic() > self._deadline:
                 return
+            started = time.monotonic()
             try:
                 response = fetch(self.port)
             except (OSError, ValueError) as error:
@@ -98,6 +101,7 @@ class Load:
                 continue
             with self._lock:
                 self.responses.append(response)
+                self.started.append(started)
 
     def refused(self) -> list[str]:
         """Return the errors that are refused connections."""
@@ -116,6 +120,11 @@ class Load:
     def servers_since(self, index: int) -> set[str]:
         with self._lock:
             return {server for server, _ in self.responses[index:]}
+
+    def servers_started_after(self, moment: float) -> set[str]:
+        """Return the servers that answered requests begun after moment (a time.monotonic() value)."""
+        with self._lock:
+            return {server for (server, _), started in zip(self.responses, self.started) if started > moment}
 
     def process_groups(self) -> set[int]:
         with self._lock:
@@ -199,9 +208,12 @@ def restart_under_load(
             functools.partial(lambda n: f"restart {n} did not finish: {describe()}", number),
         )
 
-        mark = load.count()
-        load.wait_for_responses(mark + 50)
-        after = load.servers_since(mark)
+        # A request begun before the old generation exited may still be
+        # answered by it and counted after this point, so only requests
+        # begun later show which generation serves now.
+        moment = time.monotonic()
+        load.wait_for_responses(load.count() + 50)
+        after = load.servers_started_after(moment)
         assert after, "no responses after the restart"
         assert not after & before, f"restart {number}: old servers {after & before} still respond"
 
