@@ -122,7 +122,7 @@ class Load:
             return {server for server, _ in self.responses[index:]}
 
     def servers_started_after(self, moment: float) -> set[str]:
-        """Return the servers that answered requests begun after moment (a time.monotonic() value)."""
+        """Return the servers that sent the responses to requests begun after moment (a time.monotonic() value)."""
         with self._lock:
             return {server for (server, _), started in zip(self.responses, self.started) if started > moment}
 
@@ -208,8 +208,8 @@ def restart_under_load(
             functools.partial(lambda n: f"restart {n} did not finish: {describe()}", number),
         )
 
-        # A request begun before the old generation exited may still be
-        # answered by it and counted after this point, so only requests
+        # A request begun before the old generation exited may still get its
+        # response from it and be counted after this point, so only requests
         # begun later show which generation serves now.
         moment = time.monotonic()
         load.wait_for_responses(load.count() + 50)
