@@ -124,7 +124,8 @@ class Load:
     def servers_started_after(self, moment: float) -> set[str]:
         """Return the servers that sent the responses to requests begun after moment (a time.monotonic() value)."""
         with self._lock:
-            return {server for (server, _), started in zip(self.responses, self.started) if started > moment}
+            pairs = zip(self.responses, self.started, strict=True)
+            return {server for (server, _), started in pairs if started > moment}
 
     def process_groups(self) -> set[int]:
         with self._lock:
