@@ -4,15 +4,16 @@ Run it by name, since pytest does not collect bench_*.py on its own:
 
     pytest bench/bench_upgrade.py --upgrade-python /path/to/python --upgrade-rounds 20
 
-Both sides run bench/upgrade_server.py, the same asyncio server, on the
-interpreter given by --upgrade-python (default: this one). tableflip from
-PyPI needs Python 3.12 or newer; when that interpreter cannot import it, the
+Every side runs bench/upgrade_server.py, the same asyncio server (and its
+threaded variant), on the interpreter given by --upgrade-python (default:
+this one). The sides are FDPASS_SIDES and tableflip. tableflip from PyPI
+needs Python 3.12 or newer; when that interpreter cannot import it, the
 tableflip side is skipped. For each side the driver starts the first
 generation, keeps one client thread opening a connection and sending one
 request at a time, and sends SIGHUP for each round. It waits until the new
-generation is ready and the old one has exited before the next round. The
-sides take turns of BLOCK upgrades, and only the side whose turn it is has
-its client sending.
+generation is ready and the old one has exited, then --upgrade-interval
+seconds more, before the next round. The sides take turns of BLOCK
+upgrades, and only the side whose turn it is has its client sending.
 
 Measured per side:
 - upgrade latency: the seconds the old generation's upgrade() call took,
@@ -20,7 +21,8 @@ Measured per side:
 - ready to return: from the new generation's ready() call until the old
   generation's upgrade() returned (both read CLOCK_MONOTONIC);
 - start CPU: the CPU time the new generation used from its creation until
-  ready(), which the load of other processes does not stretch;
+  ready(), which the load of other processes does not stretch; for
+  fdpass-prestart that includes the standby's start-up and preloading;
 - client latency: connect, request and response, for every request during
   the rounds, with every error kept.
 
@@ -268,9 +270,12 @@ class Side:
 #: Upgrades of one side in a row before the next side takes its turn.
 BLOCK = 5
 
+#: The fdpass servers of bench/upgrade_server.py, each compared with tableflip.
+FDPASS_SIDES = ("fdpass", "fdpass-prestart", "fdpass-threads")
+
 
 def run_interleaved(
-    python: str, libraries: list[str], rounds: int, tmp_path: pathlib.Path
+    python: str, libraries: list[str], rounds: int, tmp_path: pathlib.Path, interval: float = 0.0
 ) -> dict[str, dict[str, Any]]:
     """Upgrade each library's server in turns of BLOCK upgrades, each under its own client's load.
 
@@ -294,6 +299,10 @@ def run_interleaved(
                 side.client.resume()
                 for _ in range(count):
                     side.upgrade_once()
+                    # The client keeps sending, so its latencies include
+                    # the new generation's work after ready(), such as
+                    # starting its standby.
+                    time.sleep(interval)
                 side.client.pause()
             done += count
             turn += 1
@@ -356,14 +365,15 @@ def test_upgrade_latency_against_tableflip(
     """Median upgrade latency and client p99 of fdpass and tableflip, same server, same load, one run."""
     python = request.config.getoption("--upgrade-python")
     rounds = request.config.getoption("--upgrade-rounds")
+    interval = request.config.getoption("--upgrade-interval")
     if not can_import(python, "fdpass"):
         pytest.skip(f"{python} cannot import fdpass; install it there or pass --upgrade-python")
-    sides = ["fdpass", "fdpass-threads"] + (["tableflip"] if can_import(python, "tableflip") else [])
+    sides = [*FDPASS_SIDES] + (["tableflip"] if can_import(python, "tableflip") else [])
 
     raw: dict[str, dict[str, Any]] = {}
 
     def measure() -> None:
-        raw.update(run_interleaved(python, sides, rounds, tmp_path))
+        raw.update(run_interleaved(python, sides, rounds, tmp_path, interval))
 
     benchmark.pedantic(measure, rounds=1, iterations=1)
 
@@ -372,34 +382,36 @@ def test_upgrade_latency_against_tableflip(
         benchmark.extra_info.update({f"{library}_{key}": value for key, value in row.items()})
     if "tableflip" in summary:
         baseline = summary["tableflip"]
-        for library in ("fdpass", "fdpass-threads"):
+        for library in FDPASS_SIDES:
             row = summary[library]
             ratio = row["upgrade_median_ms"] / baseline["upgrade_median_ms"]
             benchmark.extra_info[f"{library}_upgrade_median_ratio"] = ratio
             benchmark.extra_info[f"{library}_client_p99_ratio"] = row["client_p99_ms"] / baseline["client_p99_ms"]
-    print_table(python, rounds, summary, benchmark.extra_info)
+    print_table(python, rounds, interval, summary, benchmark.extra_info)
     for library, samples in raw.items():
         for error in samples["errors"][:5] + samples["failures"][:5]:
             print(f"{library}: {error}")
 
-    for library in ("fdpass", "fdpass-threads"):
+    for library in FDPASS_SIDES:
         assert summary[library]["upgrades"] == rounds, raw[library]["failures"]
         assert raw[library]["errors"] == []
 
 
-def print_table(python: str, rounds: int, summary: dict[str, dict[str, Any]], extra: dict[str, Any]) -> None:
+def print_table(
+    python: str, rounds: int, interval: float, summary: dict[str, dict[str, Any]], extra: dict[str, Any]
+) -> None:
     columns = [
         ("upgrades", "{:d}"), ("upgrade_median_ms", "{:.1f}"), ("upgrade_max_ms", "{:.1f}"),
         ("ready_to_return_median_ms", "{:.2f}"), ("start_cpu_median_ms", "{:.1f}"),
         ("requests", "{:d}"), ("errors", "{:d}"), ("failed_upgrades", "{:d}"),
         ("client_p50_ms", "{:.2f}"), ("client_p99_ms", "{:.2f}"), ("client_max_ms", "{:.1f}"),
     ]
-    print(f"\nupgrade benchmark: {rounds} upgrades per side, servers on {python}")
+    print(f"\nupgrade benchmark: {rounds} upgrades per side, {interval:g} s apart, servers on {python}")
     print("| library | " + " | ".join(name for name, _ in columns) + " |")
     print("|---|" + "---|" * len(columns))
     for library, row in summary.items():
         print(f"| {library} | " + " | ".join(fmt.format(row[name]) for name, fmt in columns) + " |")
-    for library in ("fdpass", "fdpass-threads"):
+    for library in FDPASS_SIDES:
         if f"{library}_upgrade_median_ratio" in extra:
             print(
                 f"{library} / tableflip: median upgrade latency {extra[f'{library}_upgrade_median_ratio']:.2f}x, "

@@ -26,6 +26,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="interpreter that runs both servers; it needs fdpass, and tableflip for that side (default: this one)",
     )
     upgrade.addoption("--upgrade-rounds", type=int, default=20, help="upgrades in a row per side (default: 20)")
+    upgrade.addoption(
+        "--upgrade-interval", type=float, default=0.5,
+        help="seconds between one upgrade's end and the next SIGHUP, with the client sending (default: 0.5)",
+    )
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -9,9 +9,11 @@ ready()), "upgraded" (with the seconds that upgrade()
 took), "upgrade-failed" and "exit".
 
 "fdpass-threads" runs the same server on threads without asyncio, which
-only fdpass allows, since tableflip's API is asyncio-only.
+only fdpass allows, since tableflip's API is asyncio-only. "fdpass-prestart"
+is the asyncio server with Upgrader(prestart=True), so each new generation
+is a standby that the previous one started after its ready().
 
-Usage: python upgrade_server.py {fdpass|fdpass-threads|tableflip} PORT
+Usage: python upgrade_server.py {fdpass|fdpass-prestart|fdpass-threads|tableflip} PORT
 """
 
 from __future__ import annotations
@@ -66,14 +68,14 @@ async def drain(server: asyncio.Server) -> None:
         emit("drain-timeout")
 
 
-async def serve_fdpass(port: int) -> None:
+async def serve_fdpass(port: int, prestart: bool = False) -> None:
     # Read before ready(), because the parent may exit as soon as ready() returns.
     parent = os.getppid()
     import asyncio
 
     import fdpass
 
-    upgrader = fdpass.Upgrader(upgrade_timeout=30)
+    upgrader = fdpass.Upgrader(upgrade_timeout=30, prestart=prestart)
     sock = upgrader.listen(("127.0.0.1", port))
     server = await asyncio.start_server(handle, sock=sock)
 
@@ -224,8 +226,11 @@ def serve_fdpass_threads(port: int) -> None:
 
 
 async def run(library: str, port: int) -> None:
-    serve = {"fdpass": serve_fdpass, "tableflip": serve_tableflip}[library]
-    await serve(port)
+    if library == "fdpass-prestart":
+        await serve_fdpass(port, prestart=True)
+    else:
+        serve = {"fdpass": serve_fdpass, "tableflip": serve_tableflip}[library]
+        await serve(port)
     emit("exit")
     # tableflip waits for its child with Popen.wait() in asyncio's default
     # executor, so asyncio.run() would not return until the new generation
