@@ -6,9 +6,9 @@ socketpair, passed as LISTEN_FDS=1 under the name STANDBY_FD_NAME. The -c
 bootstrap from bootstrap_code() imports this module and calls main(), which:
 
 1. receives the names of the modules to preload and imports them;
-2. sends back the file, st_mtime_ns and st_size of every module it has
-   loaded, and the modules that failed to import, so the parent can tell
-   whether it is still fresh;
+2. sends back the path, st_mtime_ns and st_size of every module file it
+   has loaded and of every sys.path directory, and the modules that failed
+   to import, so the parent can tell whether it is still fresh;
 3. blocks until the parent sends the hand-over: the fds, their names, the
    environment, the working directory and the command line;
 4. puts the fds on 3, 4, ..., closes every other fd above 2, takes the
@@ -148,19 +148,22 @@ def _preload(names: list[str]) -> list[list[str]]:
     return failed
 
 
-def _module_files(started_ns: int) -> list[list[object]]:
-    """Return [path, st_mtime_ns, st_size] for the file of every loaded module that has one.
+def _module_files(started_ns: int, base_path: list[str]) -> list[list[object]]:
+    """Return [path, st_mtime_ns, st_size] for each loaded module's file and each sys.path directory.
 
-    A file modified after started_ns - _MTIME_MARGIN_NS gets st_mtime_ns -1,
-    which matches no file, because the stat() here may have seen a newer
-    file than the import read.
+    A directory's mtime changes when a package or .pth file is added to it
+    or removed. A file modified after started_ns - _MTIME_MARGIN_NS gets
+    st_mtime_ns -1, which matches no file, because the stat() here may have
+    seen a newer file than the import read.
     """
+    # NOTE: a .pth file edited in place leaves its directory's mtime alone,
+    # so the standby keeps the sys.path entries it had at start-up.
+    paths = [getattr(module, "__file__", None) for module in list(sys.modules.values())]
     seen = set()
     files: list[list[object]] = []
 
-    for module in list(sys.modules.values()):
-        path = getattr(module, "__file__", None)
-        if not isinstance(path, str) or path in seen:
+    for path in [*base_path, *paths]:
+        if not isinstance(path, str) or not path or path in seen:
             continue
         seen.add(path)
         try:
@@ -274,7 +277,7 @@ def main() -> None:
         raise StandbyProtocolError(f"expected a list of module names, not {names!r}")
     failed = _preload(names)
     try:
-        send_message(control, {"pid": os.getpid(), "modules": _module_files(started_ns), "failed": failed})
+        send_message(control, {"pid": os.getpid(), "modules": _module_files(started_ns, base_path), "failed": failed})
     except (BrokenPipeError, ConnectionResetError):
         os._exit(0)
 

@@ -53,6 +53,8 @@ def check_prestart(prestart: object) -> tuple[str, ...] | bool:
 
 
 def _executable_id() -> tuple[int, int, int] | None:
+    # NOTE: only the interpreter binary is compared; a changed shared
+    # libpython or C extension of the stdlib alone goes unnoticed.
     try:
         status = os.stat(os.path.realpath(sys.executable))
     except OSError:
@@ -70,6 +72,28 @@ def _stdio_ids() -> tuple[tuple[int, int] | None, ...]:
             continue
         ids.append((status.st_dev, status.st_ino))
     return tuple(ids)
+
+
+def _process_attributes() -> dict[str, object]:
+    """Return what a child inherits from this process besides fds and the environment."""
+    import resource
+
+    with open("/proc/self/status") as stream:
+        status = dict(line.split(":", 1) for line in stream if ":" in line)
+    limits = {}
+    for name in dir(resource):
+        if name.startswith("RLIMIT_"):
+            limits[name] = resource.getrlimit(getattr(resource, name))
+
+    return {
+        "umask": status.get("Umask", "").strip(),
+        "user IDs": os.getresuid(),
+        "group IDs": (os.getresgid(), sorted(os.getgroups())),
+        "resource limits": limits,
+        "nice value": os.getpriority(os.PRIO_PROCESS, 0),
+        "CPU affinity": sorted(os.sched_getaffinity(0)),
+        "process group and session": (os.getpgrp(), os.getsid(0)),
+    }
 
 
 def _startup_variables(environ: Mapping[str, str]) -> dict[str, str]:
@@ -103,11 +127,15 @@ class Standby:
         self.startup_variables = _startup_variables(environ)
         self.executable_id = _executable_id()
         self.stdio_ids = _stdio_ids()
+        self.process_attributes = _process_attributes()
         self.explicit = explicit
         # From the standby's report: (path, st_mtime_ns, st_size) of each
-        # loaded module file, and (name, error) of each failed import.
+        # loaded module file and of each sys.path directory, and (name,
+        # error) of each failed import.
         self.module_files: list[tuple[str, int, int]] | None = None
         self.failed_imports: list[tuple[str, str]] = []
+        # Once reaped, its PID may belong to another process, so it gets no signal.
+        self.reaped = False
         self.status: int | None = None
 
     def __repr__(self) -> str:
@@ -151,8 +179,10 @@ class Standby:
         try:
             pid, wait_status = os.waitpid(self.pid, os.WNOHANG)
         except ChildProcessError:
+            self.reaped = True
             return True
         if pid == self.pid:
+            self.reaped = True
             self.status = os.waitstatus_to_exitcode(wait_status)
             return True
         return False
@@ -186,6 +216,10 @@ class Standby:
             return f"variables the interpreter reads at start-up changed: {changed}"
         if _stdio_ids() != self.stdio_ids:
             return "fd 0, 1 or 2 now refers to another file"
+        attributes = _process_attributes()
+        differing = [name for name, value in attributes.items() if self.process_attributes.get(name) != value]
+        if differing:
+            return f"this process's {', '.join(differing)} changed since the standby started"
         return self._changed_module_file()
 
     def _changed_module_file(self) -> str | None:
@@ -195,7 +229,7 @@ class Standby:
             except OSError as error:
                 return f"the preloaded module file {path} is gone ({error.strerror})"
             if (status.st_mtime_ns, status.st_size) != (mtime_ns, size):
-                return f"the preloaded module file {path} changed after the standby started"
+                return f"{path}, a preloaded module file or sys.path directory, changed after the standby started"
         return None
 
     def hand_over(
@@ -218,12 +252,13 @@ class Standby:
     def kill(self) -> None:
         """Send SIGKILL, reap the standby, and close the control socket."""
         self.control.close()
-        if self.status is not None:
+        if self.reaped:
             return
         try:
             os.kill(self.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+        self.reaped = True
         try:
             _, wait_status = os.waitpid(self.pid, 0)
         except ChildProcessError:
@@ -252,6 +287,8 @@ def start(modules: tuple[str, ...] | None) -> Standby:
     child_environ = dict(environ)
     protocol.apply(child_environ, [standby_module.STANDBY_FD_NAME], os.getpid())
 
+    # NOTE: a child that this process forks without exec inherits parent_end,
+    # so a standby whose generation was killed reads EOF only once that child exits.
     parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
         pid = _native.spawn_with_fds(

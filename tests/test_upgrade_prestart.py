@@ -224,19 +224,22 @@ def test_changed_preloaded_module_falls_back_cold(start_run, tmp_path):
     """A preloaded module's file changed: cold start, and the new generation imports the new file."""
     modules = tmp_path / "modules"
     modules.mkdir()
+    markers = tmp_path / "markers"
+    markers.mkdir()
     module = modules / "prestart_probe_module.py"
     # The module leaves a file named after each process that imports it.
     module.write_text(
         "import os\n"
-        "open(os.path.join(os.path.dirname(__file__), f'imported-by-{os.getpid()}'), 'w').close()\n"
+        "open(os.path.join(os.environ['PROBE_MARKERS'], f'imported-by-{os.getpid()}'), 'w').close()\n"
         "VALUE = 1\n"
     )
-    # An old mtime, so the standby does not take the file for one written while it started.
-    os.utime(module, (time.time() - 100, time.time() - 100))
-    env = clean_environment({"PYTHONPATH": str(modules)})
+    # Old mtimes, so the standby does not take them for changes made while it started.
+    for path in (module, modules):
+        os.utime(path, (time.time() - 100, time.time() - 100))
+    env = clean_environment({"PYTHONPATH": str(modules), "PROBE_MARKERS": str(markers)})
     run = start_run("--prestart", '["prestart_probe_module"]', "--module", "prestart_probe_module", env=env)
     standby = run.ready["standby_pid"]
-    marker = modules / f"imported-by-{standby}"
+    marker = markers / f"imported-by-{standby}"
     deadline = time.monotonic() + EVENT_TIMEOUT
     while not marker.exists() and time.monotonic() < deadline:
         time.sleep(0.01)
