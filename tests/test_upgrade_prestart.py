@@ -138,13 +138,15 @@ class Run:
 def start_run(reaper, children, tmp_path) -> Callable[..., Run]:
     """Start prestart_server.py and wait until its first generation is ready."""
 
-    def start(*options: str, script: pathlib.Path | None = None, env: dict[str, str] | None = None) -> Run:
+    def start(
+        *options: str, target: list[str] | None = None, env: dict[str, str] | None = None, cwd: object = None
+    ) -> Run:
         control = tmp_path / "control.json"
         control.write_text("{}")
         child = children.python(
-            script or HELPERS / "prestart_server.py",
+            *(target or [HELPERS / "prestart_server.py"]),
             "--address", "127.0.0.1:0", "--control", str(control), *options,
-            env=env,
+            env=env, cwd=cwd,
         )
         return Run(child, control)
 
@@ -177,7 +179,7 @@ def test_changed_program_runs_new_code(start_run, tmp_path):
     """A program file changed after the standby started: the standby runs the new code."""
     script = tmp_path / "prestart_server.py"
     shutil.copy(HELPERS / "prestart_server.py", script)
-    run = start_run(script=script)
+    run = start_run(target=[script])
 
     script.write_text(script.read_text().replace("\nVERSION = 1\n", "\nVERSION = 2\n"))
     _, upgraded, ready = run.upgrade()
@@ -186,6 +188,24 @@ def test_changed_program_runs_new_code(start_run, tmp_path):
     assert upgraded["new_pid"] == run.ready["standby_pid"]
     assert ready["version"] == 2
     run.finish()
+
+
+@pytest.mark.parametrize("kind", ["script", "module", "code"])
+def test_standby_sets_up_main_like_cold_start(start_run, tmp_path, kind):
+    """A script, -m package or -c program run by the standby sees the __main__, argv and sys.path of a cold start."""
+    source = (HELPERS / "prestart_server.py").read_text()
+    package = tmp_path / "prestartpkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "__main__.py").write_text(source)
+    targets = {"script": [HELPERS / "prestart_server.py"], "module": ["-m", "prestartpkg"], "code": ["-c", source]}
+    run = start_run(target=targets[kind], cwd=tmp_path)
+
+    _, upgraded, ready = run.upgrade()
+
+    assert upgraded["new_pid"] == run.ready["standby_pid"]
+    assert ready["main"]["is_this_module"] is True
+    assert ready["main"] == run.ready["main"]
 
 
 def test_environment_and_cwd_reach_standby(start_run, tmp_path):

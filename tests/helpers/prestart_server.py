@@ -2,7 +2,8 @@
 
 Every generation writes JSON events, one per line, to the shared stdout:
 "ready" (with what this generation saw when it started: its fds, LISTEN_PID,
-working directory, VERSION and the probe variable), "upgrading",
+working directory, VERSION, the probe variable, and how __main__, sys.argv
+and sys.path were set up), "upgrading",
 "upgraded", "upgrade-failed", "crashing", "stopping", "log" (the fdpass
 logger's records at INFO and above) and "exit". Each response is
 "<pid> <request line>\\n".
@@ -60,6 +61,22 @@ def emit(event: str, **fields: object) -> None:
 class EventHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         emit("log", level=record.levelname, message=record.getMessage())
+
+
+def describe_main() -> dict:
+    """Describe what the interpreter set up to run this program, to compare a standby with a cold start."""
+    main = sys.modules["__main__"]
+    spec = main.__dict__.get("__spec__")
+    return {
+        "is_this_module": main.__dict__ is globals(),
+        "name": __name__,
+        "file": main.__dict__.get("__file__"),
+        "spec": None if spec is None else spec.name,
+        "argv": sys.argv,
+        "orig_argv": sys.orig_argv,
+        "path0": sys.path[0],
+        "path": sys.path[1:],
+    }
 
 
 def read_control(path: str) -> dict:
@@ -162,6 +179,7 @@ def main() -> int:
         module_value=module_value,
         address=listener.getsockname(),
         argv=sys.argv,
+        main=describe_main(),
     )
 
     upgrader.wait_exit()
