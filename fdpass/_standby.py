@@ -60,9 +60,10 @@ def bootstrap_code(package_dir: str) -> str:
     """Return the -c code that starts a standby with fdpass imported from package_dir.
 
     The interpreter puts "" (the working directory) first on sys.path for -c
-    unless -P or -I is given. The code removes that entry, so a checkout of
-    fdpass in the working directory does not shadow the installed one, and
-    appends package_dir, where the parent's fdpass lives; main() removes it.
+    unless -P or -I is given. The code removes that entry, so that a checkout
+    of fdpass in the working directory does not shadow the installed one.
+    It appends package_dir, where the parent's fdpass lives, and main()
+    removes that entry again.
     """
     return (
         "import sys;"
@@ -192,8 +193,8 @@ def _place_fds(fds: list[int]) -> None:
         os.dup2(fd, target, inheritable=True)
         os.close(fd)
 
-    # NOTE: a preloaded module that keeps an fd open loses it here, as a
-    # fresh start would not have it; no stdlib module does so on import.
+    # NOTE: a preloaded module that keeps an fd open loses it here, because
+    # a cold start would not have it either.
     # The standby never lowers RLIMIT_NOFILE, so no fd sits above the limit.
     os.closerange(end, os.sysconf("SC_OPEN_MAX"))
 

@@ -192,7 +192,7 @@ def test_changed_program_runs_new_code(start_run, tmp_path):
 
 @pytest.mark.parametrize("kind", ["script", "module", "code"])
 def test_standby_sets_up_main_like_cold_start(start_run, tmp_path, kind):
-    """A script, -m package or -c program run by the standby sees the __main__, argv and sys.path of a cold start."""
+    """A script, -m package or -c program run by the standby gets the __main__, argv and sys.path of a cold start."""
     source = (HELPERS / "prestart_server.py").read_text()
     package = tmp_path / "prestartpkg"
     package.mkdir()
