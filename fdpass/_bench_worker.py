@@ -21,6 +21,10 @@ Modes:
               read every buffered byte from the inherited socket.
     read-direct
               fill the connection and read it in the same image.
+    read-python-restart
+              fill the connection, restart the pure-Python way
+              (os.set_inheritable(), os.execve(), socket.socket(fileno=))
+              and read every buffered byte in the new image.
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ ENV_PASSED = "FDPASS_BENCH_PASSED"
 ENV_BUFFERED = "FDPASS_BENCH_BUFFERED"
 
 LATENCY_MODES = ("fdpass", "python", "floor")
-READ_MODES = ("read-restart", "read-direct")
+READ_MODES = ("read-restart", "read-direct", "read-python-restart")
 
 # Large enough for several MB in flight: the kernel doubles the value and
 # caps it at net.core.rmem_max / wmem_max unless the FORCE options work.
@@ -212,11 +216,7 @@ def run_read(mode: str, rounds_left: int) -> None:
         return
 
     if ENV_BUFFERED in os.environ:
-        inherited = fdpass.inherit()
-        objects = inherited["receiver"], inherited["sender"]
-        if not isinstance(objects[0], socket.socket) or not isinstance(objects[1], socket.socket):
-            raise RuntimeError(f"inherited {inherited!r}, expected two sockets")
-        receiver, sender = objects[0], objects[1]
+        receiver, sender = _rebuild_pair(mode)
         _check_and_emit(*read_all(receiver, int(os.environ.pop(ENV_BUFFERED))))
         rounds_left -= 1
     else:
@@ -226,7 +226,26 @@ def run_read(mode: str, rounds_left: int) -> None:
         return
     os.environ[ENV_ROUNDS_LEFT] = str(rounds_left)
     os.environ[ENV_BUFFERED] = str(fill(sender))
-    fdpass.reexec({"receiver": receiver, "sender": sender})
+    if mode == "read-restart":
+        fdpass.reexec({"receiver": receiver, "sender": sender})
+
+    for sock in (receiver, sender):
+        os.set_inheritable(sock.fileno(), True)
+    os.environ[ENV_PASSED] = f"{receiver.fileno()},{sender.fileno()}"
+    os.execve(sys.executable, sys.orig_argv, os.environ)
+
+
+def _rebuild_pair(mode: str) -> tuple[socket.socket, socket.socket]:
+    """Return (receiver, sender) as the restart of mode passed them."""
+    if mode == "read-python-restart":
+        receiver_fd, sender_fd = (int(fd) for fd in os.environ.pop(ENV_PASSED).split(","))
+        return socket.socket(fileno=receiver_fd), socket.socket(fileno=sender_fd)
+
+    inherited = fdpass.inherit()
+    receiver, sender = inherited["receiver"], inherited["sender"]
+    if not isinstance(receiver, socket.socket) or not isinstance(sender, socket.socket):
+        raise RuntimeError(f"inherited {inherited!r}, expected two sockets")
+    return receiver, sender
 
 
 def main(argv: list[str]) -> int:

@@ -10,7 +10,8 @@ in the same run:
 2. the per-fd cost of preparing the fds in the old image and of rebuilding
    them in the new one;
 3. the read throughput of a loopback TCP connection whose kernel buffers were
-   filled before a restart, against one that never restarted;
+   filled before a restart (fdpass or pure Python), against one that never
+   restarted;
 4. the wall time of ``import fdpass`` against ``import socket`` in fresh
    interpreters.
 
@@ -133,7 +134,7 @@ def measure_latency(results: Results, rounds: int, repeats: int, cwd: str) -> No
 
 
 def measure_reads(results: Results, rounds: int, repeats: int, cwd: str) -> None:
-    """Collect buffered reads after a restart and without one, interleaved."""
+    """Collect buffered reads after an fdpass restart, after a pure-Python one and without one, interleaved."""
     for _ in range(repeats):
         for mode in _bench_worker.READ_MODES:
             samples = results.reads.setdefault(mode, [])
@@ -380,12 +381,17 @@ def format_report(results: Results) -> str:
     reads = read_throughput(results)
     direct_rate, direct_bytes = reads["read-direct"]
     restart_rate, restart_bytes = reads["read-restart"]
+    python_rate, python_bytes = reads["read-python-restart"]
     lines += ["", "## Buffered-read throughput (median MB/s, every byte checked)", ""]
     lines.append("| socket | bytes buffered | MB/s | ratio |")
     lines.append("|---|---:|---:|---:|")
     lines.append(f"| never restarted | {direct_bytes} | {direct_rate:.0f} | 1.000 |")
     restart_ratio = restart_rate / direct_rate
     lines.append(f"| inherited after reexec() | {restart_bytes} | {restart_rate:.0f} | {restart_ratio:.3f} |")
+    python_ratio = python_rate / direct_rate
+    lines.append(
+        f"| inherited after a pure-Python restart | {python_bytes} | {python_rate:.0f} | {python_ratio:.3f} |"
+    )
 
     imports = import_ms(results)
     import_cpu = import_ms(results, cpu=True)
