@@ -204,8 +204,9 @@ class Upgrader:
         pid_file: a path that ready() writes this process's PID to,
             atomically, or None.
         prestart: True to start the next generation's interpreter, a
-            standby, after ready() and after each failed upgrade, so that
-            upgrade() only hands over to it. The standby preloads the
+            standby, after ready() (once the previous generation has
+            exited) and after each failed upgrade, so that upgrade() only
+            hands over to it. The standby preloads the
             stdlib modules this process has imported and fdpass, or with a
             list of module names exactly those. False (the default) starts
             each new generation cold. See docs/upgrade.md.
@@ -263,6 +264,7 @@ class Upgrader:
         # Held while a standby starts or is taken, so upgrade() waits for one being started.
         self._standby_lock = threading.Lock()
         self._standby: Standby | None = None
+        self._standby_thread: threading.Thread | None = None
 
         self._ready_pipe = _inherited_pipe(inherited, READY_FD_NAME)
         self._parent_pipe = _inherited_pipe(inherited, PARENT_FD_NAME)
@@ -331,8 +333,9 @@ class Upgrader:
         the previous generation's upgrade() returns it. In a first generation, sends READY=1 to
         NOTIFY_SOCKET instead; under a parent, the parent sends MAINPID= and
         READY=1, since systemd accepts notifications from the main PID only
-        by default. With prestart, then starts the standby. Calling it again
-        does nothing.
+        by default. With prestart, then starts the standby, or under a
+        parent, a thread that starts it once the parent has exited. Calling
+        it again does nothing.
 
         Raises:
             UpgradeError: stop() was called before ready().
@@ -351,7 +354,21 @@ class Upgrader:
             ready_pipe, self._ready_pipe = self._ready_pipe, None
 
         self._notify_ready(ready_pipe)
-        self._start_standby()
+        if self._prestart is False or self._parent_gone:
+            self._start_standby()
+            return
+        # upgrade() is not allowed before the previous generation has exited,
+        # so the standby starts only then, and its start-up does not compete
+        # for CPU with that generation's last requests and exit.
+        thread = threading.Thread(target=self._start_standby_after_parent, name="fdpass-standby", daemon=True)
+        self._standby_thread = thread
+        thread.start()
+
+    def _start_standby_after_parent(self) -> None:
+        self.wait_for_parent()
+        # An upgrade() that began once the parent was gone waits for this
+        # thread in _take_standby(), so the standby starts for it.
+        self._start_standby(during_upgrade=True)
 
     def _notify_ready(self, ready_pipe: IO[bytes] | None) -> None:
         if ready_pipe is None:
@@ -700,8 +717,12 @@ class Upgrader:
 
     # The standby of Upgrader(prestart=...).
 
-    def _start_standby(self) -> None:
-        """Start a standby if prestart is on, this generation is ready, and none runs; log a failure."""
+    def _start_standby(self, *, during_upgrade: bool = False) -> None:
+        """Start a standby if prestart is on, this generation is ready, and none runs; log a failure.
+
+        An upgrade that is running prevents the start unless during_upgrade
+        is true, because that upgrade would not wait for the standby.
+        """
         global _exit_hook_registered
 
         if self._prestart is False:
@@ -710,7 +731,7 @@ class Upgrader:
 
         with self._standby_lock:
             with self._lock:
-                if self._state != _READY or self._upgrading or self._standby is not None:
+                if self._state != _READY or (self._upgrading and not during_upgrade) or self._standby is not None:
                     return
             try:
                 standby = prestart_module.start(None if self._prestart is True else self._prestart)
@@ -726,6 +747,11 @@ class Upgrader:
         _log.info("standby PID %d started for the next upgrade", standby.pid)
 
     def _take_standby(self) -> Standby | None:
+        # upgrade() runs only once the previous generation has exited, so a
+        # thread that waits for that exit to start the standby ends soon.
+        thread = self._standby_thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(self._upgrade_timeout)
         with self._standby_lock:
             standby, self._standby = self._standby, None
         return standby

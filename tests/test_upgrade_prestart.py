@@ -108,9 +108,11 @@ class Run:
     def upgrade(self) -> tuple[dict, dict, dict]:
         """Send SIGHUP; return the old generation's "upgrading" and "upgraded" events and the new "ready".
 
-        Returns once the old generation has exited, so the next upgrade is allowed.
+        Sends SIGHUP once the old generation reports its standby, and
+        returns once the old generation has exited, so the next upgrade is allowed.
         """
         old = self.current
+        self.wait_event(old, "standby")
         os.kill(old, signal.SIGHUP)
 
         upgrading = self.wait_event(old, "upgrading")
@@ -171,7 +173,7 @@ def test_new_generation_is_the_standby(start_run):
     assert ready["fds"]["5"].startswith("pipe:")
     assert ready["argv"][1:] == run.ready["argv"][1:]
     assert send_request(run.address, "hello").split()[0] == str(standby)
-    assert ready["standby_pid"] not in (None, standby)
+    assert run.wait_event(standby, "standby")["standby_pid"] not in (None, standby)
     run.finish()
 
 
@@ -311,6 +313,29 @@ def test_crash_through_standby_keeps_parent(start_run):
     run.finish()
 
 
+def test_upgrade_at_parent_exit_uses_standby(start_run, tmp_path):
+    """An upgrade started the moment the previous generation exits still hands over to a standby."""
+    token = tmp_path / "upgrade-token"
+    token.touch()
+    run = start_run()
+    run.set_control(upgrade_token=str(token))
+
+    _, upgraded, _ = run.upgrade()
+    second = upgraded["new_pid"]
+    outcome = run.wait_event(second, "upgraded", "upgrade-failed")
+
+    assert outcome["event"] == "upgraded", outcome
+    assert not token.exists()
+    third = outcome["new_pid"]
+    messages = run.logs(second)
+    assert any(f"over to standby PID {third}" in message for message in messages), messages
+    run.wait_event(third, "ready")
+    run.wait_event(second, "exit")
+    assert wait_ended(second)
+    run.current = third
+    run.finish()
+
+
 def test_upgrades_through_standbys_under_load(start_run):
     """12 upgrades in a row, each through a standby, while a client keeps connecting: nothing refused."""
     run = start_run()
@@ -342,8 +367,9 @@ def test_stop_ends_standby(start_run):
 def test_standby_exits_with_killed_generation(start_run):
     """A generation killed with SIGKILL: its standby reads EOF on the control socket and exits with status 0."""
     run = start_run()
-    _, _, ready = run.upgrade()
-    standby = ready["standby_pid"]
+    run.upgrade()
+    standby = run.wait_event(run.current, "standby")["standby_pid"]
+    assert isinstance(standby, int)
 
     os.kill(run.current, signal.SIGKILL)
     assert wait_ended(run.current)

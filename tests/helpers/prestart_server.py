@@ -4,8 +4,9 @@ Every generation writes JSON events, one per line, to the shared stdout:
 "ready" (with what this generation saw when it started: its fds, LISTEN_PID,
 working directory, VERSION, the probe variable, and how __main__, sys.argv
 and sys.path were set up), "upgrading",
-"upgraded", "upgrade-failed", "crashing", "stopping", "log" (the fdpass
-logger's records at INFO and above) and "exit". Each response is
+"upgraded", "upgrade-failed", "crashing", "stopping", "standby" (once a
+standby runs for this generation, which under a parent is after the parent
+exited), "log" (the fdpass logger's records at INFO and above) and "exit". Each response is
 "<pid> <request line>\\n".
 
 The control file (JSON) steers upgrades; it is read on each SIGHUP and when
@@ -13,6 +14,8 @@ a generation starts:
 - "setenv": variables the old generation sets in os.environ before upgrade();
 - "chdir": a directory it changes into before upgrade();
 - "crash": true makes a generation with a parent exit with status 3 before ready().
+- "upgrade_token": a file path. The first generation with a parent that
+  removes it sends itself SIGHUP as soon as its parent has exited.
 
 SIGTERM makes the current generation call stop() and exit.
 """
@@ -47,6 +50,7 @@ import signal  # noqa: E402
 import socket  # noqa: E402
 import sys  # noqa: E402
 import threading  # noqa: E402
+import time  # noqa: E402
 
 import fdpass  # noqa: E402
 
@@ -181,6 +185,21 @@ def main() -> int:
         argv=sys.argv,
         main=describe_main(),
     )
+
+    if upgrader.has_parent:
+        upgrader.wait_for_parent(timeout=20)
+        token = read_control(args.control).get("upgrade_token")
+        try:
+            if token:
+                os.unlink(token)
+                os.kill(os.getpid(), signal.SIGHUP)
+        except FileNotFoundError:
+            pass
+    # wait_exit() returns True at once after stop(), which ends the standby.
+    deadline = time.monotonic() + 20
+    while upgrader.standby_pid is None and time.monotonic() < deadline and not upgrader.wait_exit(0.01):
+        pass
+    emit("standby", standby_pid=upgrader.standby_pid)
 
     upgrader.wait_exit()
     signals.join(30)
