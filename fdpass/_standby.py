@@ -7,8 +7,9 @@ bootstrap from bootstrap_code() imports this module and calls main(), which:
 
 1. receives the names of the modules to preload and imports them;
 2. sends back the path, st_mtime_ns and st_size of every module file it
-   has loaded and of every sys.path directory, and the modules that failed
-   to import, so the parent can tell whether it is still fresh;
+   has loaded and of every .pth file in its sys.path directories, and the
+   modules that failed to import, so the parent can tell whether it is
+   still fresh;
 3. blocks until the parent sends the hand-over: the fds, their names, the
    environment, the working directory and the command line;
 4. puts the fds on 3, 4, ..., closes every other fd above 2, takes the
@@ -149,22 +150,45 @@ def _preload(names: list[str]) -> list[list[str]]:
     return failed
 
 
-def _module_files(started_ns: int, base_path: list[str]) -> list[list[object]]:
-    """Return [path, st_mtime_ns, st_size] for each loaded module's file and each sys.path directory.
+def pth_files(directories: list[str], started_ns: int | None = None) -> list[list[object]]:
+    """Return [path, st_mtime_ns, st_size] of every .pth file in directories, sorted.
 
-    A directory's mtime changes when a package or .pth file is added to it
-    or removed. A file modified after started_ns - _MTIME_MARGIN_NS gets
-    st_mtime_ns -1, which matches no file, because the stat() here may have
-    seen a newer file than the import read.
+    The site module reads .pth files only at start-up, so a standby must
+    not run after one was added, removed or changed. With started_ns, a file
+    modified after started_ns - _MTIME_MARGIN_NS gets st_mtime_ns -1, as in
+    _module_files().
     """
-    # NOTE: a .pth file edited in place leaves its directory's mtime alone,
-    # so the standby keeps the sys.path entries it had at start-up.
-    paths = [getattr(module, "__file__", None) for module in list(sys.modules.values())]
+    files: list[list[object]] = []
+    for directory in directories:
+        try:
+            entries = list(os.scandir(directory))
+        except OSError:
+            continue
+        for entry in entries:
+            if not entry.name.endswith(".pth"):
+                continue
+            try:
+                status = entry.stat()
+            except OSError:
+                continue
+            recent = started_ns is not None and status.st_mtime_ns >= started_ns - _MTIME_MARGIN_NS
+            files.append([entry.path, -1 if recent else status.st_mtime_ns, status.st_size])
+    return sorted(files)
+
+
+def _module_files(started_ns: int) -> list[list[object]]:
+    """Return [path, st_mtime_ns, st_size] for each loaded module's file.
+
+    A file modified after started_ns - _MTIME_MARGIN_NS gets st_mtime_ns -1,
+    which matches no file, because the stat() here may have seen a newer
+    file than the import read.
+    """
     seen = set()
     files: list[list[object]] = []
 
-    for path in [*base_path, *paths]:
-        if not isinstance(path, str) or not path or path in seen:
+    for module in list(sys.modules.values()):
+        path = getattr(module, "__file__", None)
+        if not isinstance(path, str) or path in seen:
             continue
         seen.add(path)
         try:
@@ -278,7 +302,14 @@ def main() -> None:
         raise StandbyProtocolError(f"expected a list of module names, not {names!r}")
     failed = _preload(names)
     try:
-        send_message(control, {"pid": os.getpid(), "modules": _module_files(started_ns, base_path), "failed": failed})
+        report = {
+            "pid": os.getpid(),
+            "modules": _module_files(started_ns),
+            "pth_directories": base_path,
+            "pth_files": pth_files(base_path, started_ns),
+            "failed": failed,
+        }
+        send_message(control, report)
     except (BrokenPipeError, ConnectionResetError):
         os._exit(0)
 

@@ -130,9 +130,11 @@ class Standby:
         self.process_attributes = _process_attributes()
         self.explicit = explicit
         # From the standby's report: (path, st_mtime_ns, st_size) of each
-        # loaded module file and of each sys.path directory, and (name,
-        # error) of each failed import.
+        # loaded module file, the sys.path directories and their .pth files,
+        # and (name, error) of each failed import.
         self.module_files: list[tuple[str, int, int]] | None = None
+        self.pth_directories: list[str] = []
+        self.pth_files: list[list[object]] = []
         self.failed_imports: list[tuple[str, str]] = []
         # Once reaped, its PID may belong to another process, so it gets no signal.
         self.reaped = False
@@ -171,6 +173,8 @@ class Standby:
         try:
             self.failed_imports = [(str(name), str(error)) for name, error in report["failed"]]
             self.module_files = [(str(path), int(mtime_ns), int(size)) for path, mtime_ns, size in report["modules"]]
+            self.pth_directories = [str(directory) for directory in report["pth_directories"]]
+            self.pth_files = [[str(path), int(mtime_ns), int(size)] for path, mtime_ns, size in report["pth_files"]]
         except (KeyError, TypeError, ValueError):
             return f"it sent a malformed report: {report!r:.200}"
         return None
@@ -220,6 +224,8 @@ class Standby:
         differing = [name for name, value in attributes.items() if self.process_attributes.get(name) != value]
         if differing:
             return f"this process's {', '.join(differing)} changed since the standby started"
+        if standby_module.pth_files(self.pth_directories) != self.pth_files:
+            return "a .pth file in a sys.path directory was added, removed or changed after the standby started"
         return self._changed_module_file()
 
     def _changed_module_file(self) -> str | None:
@@ -229,7 +235,7 @@ class Standby:
             except OSError as error:
                 return f"the preloaded module file {path} is gone ({error.strerror})"
             if (status.st_mtime_ns, status.st_size) != (mtime_ns, size):
-                return f"{path}, a preloaded module file or sys.path directory, changed after the standby started"
+                return f"the preloaded module file {path} changed after the standby started"
         return None
 
     def hand_over(

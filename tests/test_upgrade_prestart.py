@@ -278,6 +278,29 @@ def test_changed_preloaded_module_falls_back_cold(start_run, tmp_path):
     run.finish()
 
 
+def test_added_pth_file_falls_back_cold(start_run, tmp_path):
+    """A .pth file added to a sys.path directory after the standby started: the upgrade starts cold."""
+    directory = tmp_path / "path-entry"
+    directory.mkdir()
+    run = start_run(env=clean_environment({"PYTHONPATH": str(directory)}))
+    standby = run.ready["standby_pid"]
+    run.wait_event(run.current, "standby")
+
+    (directory / "added.pth").write_text("")
+    os.kill(run.current, signal.SIGHUP)
+    outcome = run.wait_event(run.current, "upgraded", "upgrade-failed")
+
+    assert outcome["event"] == "upgraded", outcome
+    assert outcome["new_pid"] != standby
+    messages = run.logs(run.current)
+    assert any(".pth file" in message and "cold" in message for message in messages), messages
+    run.wait_event(outcome["new_pid"], "ready")
+    run.wait_event(run.current, "exit")
+    assert wait_ended(run.current)
+    run.current = outcome["new_pid"]
+    run.finish()
+
+
 def test_unimportable_prestart_module_is_named(start_run):
     """A module that the standby cannot import: the upgrade starts cold and the log names the module."""
     run = start_run("--prestart", '["fdpass_no_such_module"]')
