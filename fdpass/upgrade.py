@@ -766,6 +766,13 @@ class Upgrader:
         """Wait, without blocking the event loop, until a standby still starting has sent its report."""
         import asyncio
 
+        thread = self._standby_thread
+        if self._prestart is not False and thread is not None and thread.is_alive():
+            # The thread exits right after the previous generation, which
+            # upgrade() requires anyway, so this ends soon or upgrade() raises.
+            if self._parent_gone or self._poll_parent_gone():
+                await asyncio.to_thread(thread.join, self._upgrade_timeout)
+
         standby = self._standby
         if standby is None or standby.has_report():
             return

@@ -177,6 +177,18 @@ def test_new_generation_is_the_standby(start_run):
     run.finish()
 
 
+def test_upgrade_async_uses_standby(start_run):
+    """upgrade_async() hands over to the standby too, twice in a row."""
+    run = start_run("--asyncio")
+
+    for _ in range(2):
+        upgrading, upgraded, ready = run.upgrade()
+        assert upgrading["standby_pid"] is not None
+        assert upgraded["new_pid"] == upgrading["standby_pid"]
+        assert ready["listen_pid"] == str(upgraded["new_pid"])
+    run.finish()
+
+
 def test_changed_program_runs_new_code(start_run, tmp_path):
     """A program file changed after the standby started: the standby runs the new code."""
     script = tmp_path / "prestart_server.py"

@@ -126,6 +126,7 @@ def main() -> int:
     parser.add_argument("--control", required=True)
     parser.add_argument("--prestart", default="true", help="JSON: true, false or a list of module names")
     parser.add_argument("--module", help="a module to import and report VALUE of")
+    parser.add_argument("--asyncio", action="store_true", help="upgrade with upgrade_async() in an event loop")
     args = parser.parse_args()
 
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP, signal.SIGTERM})
@@ -160,7 +161,12 @@ def main() -> int:
                 os.chdir(control["chdir"])
             emit("upgrading", standby_pid=upgrader.standby_pid)
             try:
-                new_pid = upgrader.upgrade()
+                if args.asyncio:
+                    import asyncio
+
+                    new_pid = asyncio.run(upgrader.upgrade_async())
+                else:
+                    new_pid = upgrader.upgrade()
             except fdpass.UpgradeError as error:
                 emit("upgrade-failed", error=str(error), status=error.status, new_pid=error.pid)
             else:
