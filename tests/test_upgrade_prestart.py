@@ -399,6 +399,22 @@ def test_stop_ends_standby(start_run):
     assert wait_ended(run.current)
 
 
+def test_interpreter_exit_ends_standby(start_run):
+    """A generation that exits without stop() kills and reaps its standby on the way out."""
+    run = start_run("--exit-early")
+    standby = run.wait_event(run.current, "standby")["standby_pid"]
+    assert isinstance(standby, int)
+
+    run.wait_event(run.current, "exit")
+    assert wait_ended(run.current)
+
+    # Had the standby outlived the generation, it would now be this
+    # subreaper's child; the generation reaped it instead.
+    with pytest.raises(ChildProcessError):
+        os.waitpid(standby, os.WNOHANG)
+    assert not os.path.exists(f"/proc/{standby}")
+
+
 def test_standby_exits_with_killed_generation(start_run):
     """A generation killed with SIGKILL: its standby reads EOF on the control socket and exits with status 0."""
     run = start_run()

@@ -127,6 +127,7 @@ def main() -> int:
     parser.add_argument("--prestart", default="true", help="JSON: true, false or a list of module names")
     parser.add_argument("--module", help="a module to import and report VALUE of")
     parser.add_argument("--asyncio", action="store_true", help="upgrade with upgrade_async() in an event loop")
+    parser.add_argument("--exit-early", action="store_true", help="exit without stop() once the standby runs")
     args = parser.parse_args()
 
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP, signal.SIGTERM})
@@ -206,6 +207,9 @@ def main() -> int:
     while upgrader.standby_pid is None and time.monotonic() < deadline and not upgrader.wait_exit(0.01):
         pass
     emit("standby", standby_pid=upgrader.standby_pid)
+    if args.exit_early:
+        emit("exit")
+        return 0
 
     upgrader.wait_exit()
     signals.join(30)
