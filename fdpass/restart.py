@@ -540,8 +540,10 @@ def _encode_environment(env: Mapping[str, str]) -> list[bytes]:
     for key, value in env.items():
         if not isinstance(key, str) or not isinstance(value, str):
             raise TypeError(f"env must map str to str, but contains {key!r}: {value!r}")
-        if not key or "=" in key or "\0" in key or "\0" in value:
-            raise ValueError(f"env contains an invalid variable {key!r}={value!r}: names need no '=' or NUL")
+        if not key or "=" in key or "\0" in key:
+            raise ValueError(f"env contains the variable name {key!r}; a name must be non-empty, without '=' or NUL")
+        if "\0" in value:
+            raise ValueError(f"env variable {key!r} has the value {value!r}, which contains NUL; execve cannot pass it")
         encoded.append(f"{key}={value}".encode(encoding, errors))
     return encoded
 
@@ -561,8 +563,12 @@ def _environment_block(
     # with os.environb on POSIX, and putenv() has refused NUL and "=" in
     # their names. Copying that dict takes about 1 us; the mapping interface
     # decodes each variable and takes about 30 us in a restart's cold process.
-    data = getattr(os.environb, "_data", None)
-    block = dict(data) if type(data) is dict else dict(os.environb)
+    data = getattr(os.environ, "_data", None)
+    if data is not getattr(os.environb, "_data", None) or not isinstance(data, dict):
+        # os.environ was replaced, for example by mock.patch("os.environ", new=...),
+        # so it is the mapping to copy.
+        return _environment_block(dict(os.environ), updates, removed)
+    block: dict[bytes, bytes] = data.copy()
     encoding, errors = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
     for name in removed:
         block.pop(name.encode(encoding, errors), None)
@@ -684,8 +690,11 @@ def reexec(
     path_bytes = _encode_executable(exec_path)
     envp_bytes = _environment_block(env, updates, (*protocol.VARIABLES, _socket_env.VARIABLE))
 
-    state_fd = None if state_bytes is None else state_module.create_state_fd(state_bytes)
-    if state_fd is not None:
+    state_fd = None
+    if state_bytes is not None:
+        # Above every given fd, so that the memfd cannot take the number of a
+        # closed one and hide it from fdpass_exec()'s check.
+        state_fd = _above(state_module.create_state_fd(state_bytes), max(numbers, default=2))
         numbers = [*numbers, state_fd]
     with _lock:
         if _log.enabled(_log.INFO):
@@ -702,10 +711,14 @@ def reexec(
         os.close(state_fd)
 
     if bad_index >= 0:
-        bad = f"{resolved.label(bad_index)} is fd {numbers[bad_index]}"
+        bad_fd = numbers[bad_index]
         if errno == errno_module.EBADF:
-            raise OSError(errno, f"{bad}, which is not open; pass an open fd")
-        raise ValueError(f"{bad}, which is passed twice; pass each fd once")
+            raise OSError(errno, f"{resolved.label(bad_index)} is fd {bad_fd}, which is not open; pass an open fd")
+        first_index = numbers.index(bad_fd)
+        raise ValueError(
+            f"{resolved.label(bad_index)} is fd {bad_fd}, which {resolved.label(first_index)} already passes; "
+            "pass each fd once"
+        )
 
     _log.warning(
         "restart failed: execve(%s): %s; the program keeps running", os.fsdecode(path_bytes), os.strerror(errno)
@@ -718,4 +731,27 @@ def reexec(
             "below the RLIMIT_NOFILE soft limit; raise it with resource.setrlimit() or close unused fds",
             os.fsdecode(path_bytes),
         )
+    if errno == errno_module.E2BIG:
+        raise OSError(errno, f"{os.strerror(errno)}: {_size_report(argv_bytes, envp_bytes)}", os.fsdecode(path_bytes))
     raise OSError(errno, os.strerror(errno), os.fsdecode(path_bytes))
+
+
+def _size_report(argv: Sequence[bytes], envp: Sequence[bytes]) -> str:
+    """Describe what made execve() fail with E2BIG: the totals and the largest variable."""
+    # Linux also rejects any one string over MAX_ARG_STRLEN (32 pages).
+    largest = max(envp, key=len, default=b"")
+    name = os.fsdecode(largest.partition(b"=")[0])
+    return (
+        f"argv has {sum(map(len, argv))} bytes and the environment {sum(map(len, envp))} bytes in "
+        f"{len(envp)} variables; the largest is {name!r} with {len(largest)} bytes"
+    )
+
+
+def _above(fd: int, lowest: int) -> int:
+    """Move fd to the lowest free number above lowest, with FD_CLOEXEC set, and return the new number."""
+    if fd > lowest:
+        return fd
+    try:
+        return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, lowest + 1)
+    finally:
+        os.close(fd)

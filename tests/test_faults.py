@@ -81,6 +81,9 @@ def test_e2big_restores_everything(children):
     with client:
         attempt = child.read_json()
         check_failed_attempt(attempt, errno.E2BIG)
+        assert f"the largest is 'FDPASS_FAULT_HUGE' with {len('FDPASS_FAULT_HUGE=') + 256 * 1024} bytes" in (
+            attempt["message"]
+        )
         second = check_new_run(child, client)
 
     assert second["fds"] == [0, 1, 2, 3, 4]

@@ -58,6 +58,28 @@ def test_reexec_passes_current_environment(children):
     }
 
 
+REPLACED_ENVIRON_PROGRAM = r"""
+import json, os, socket, sys, fdpass
+if "FDPASS_TEST_REPLACED" in os.environ:
+    print(json.dumps({"replaced": os.environ["FDPASS_TEST_REPLACED"], "fds": os.environ.get("LISTEN_FDS")}))
+    sys.exit(0)
+listener = socket.create_server(("127.0.0.1", 0))
+# What mock.patch("os.environ", new=...) does: os.environ is now a plain dict.
+os.environ = dict(os.environ, FDPASS_TEST_REPLACED="yes")
+fdpass.reexec([listener])
+"""
+
+
+def test_reexec_uses_replaced_environ(children):
+    """A program that replaced os.environ with another mapping restarts with that mapping's variables."""
+    child = children.python("-c", REPLACED_ENVIRON_PROGRAM)
+    report = child.read_json()
+    status, _, stderr = child.finish()
+
+    assert status == 0, stderr
+    assert report == {"replaced": "yes", "fds": "1"}
+
+
 def test_all_adoptable_range():
     """The range check accepts open fds with FD_CLOEXEC clear and rejects a closed or close-on-exec one."""
     read_end, write_end = os.pipe()

@@ -68,6 +68,9 @@ def main() -> None:
         "executable with NUL": lambda: fdpass.reexec([sock], executable="/bin/echo\0-x", argv=["echo", "hi"]),
         "executable is int": lambda: fdpass.reexec([sock], executable=3),
         "reserved state name": lambda: fdpass.reexec({"fdpass-state": sock}, state=b"x"),
+        "closed int with state": lambda: fdpass.reexec([sock, closed_fd()], state=b"x"),
+        "env name empty": lambda: fdpass.reexec([sock], env={"": "x"}),
+        "env value with NUL": lambda: fdpass.reexec([sock], env={"A": "x\0y"}),
     }
 
     before = process_state()
