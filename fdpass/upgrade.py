@@ -746,18 +746,19 @@ class Upgrader:
                 _exit_hook_registered = True
         _log.info("standby PID %d started for the next upgrade", standby.pid)
 
-    def _take_standby(self) -> Standby | None:
+    def _take_standby(self, *, wait_for_thread: bool = True) -> Standby | None:
         # upgrade() runs only once the previous generation has exited, so a
         # thread that waits for that exit to start the standby ends soon.
+        # stop() must not wait for it, because the parent may still run.
         thread = self._standby_thread
-        if thread is not None and thread is not threading.current_thread():
+        if wait_for_thread and thread is not None and thread is not threading.current_thread():
             thread.join(self._upgrade_timeout)
         with self._standby_lock:
             standby, self._standby = self._standby, None
         return standby
 
     def _stop_standby(self) -> None:
-        standby = self._take_standby()
+        standby = self._take_standby(wait_for_thread=False)
         if standby is not None:
             standby.kill()
             _log.info("standby PID %d stopped", standby.pid)

@@ -399,6 +399,27 @@ def test_stop_ends_standby(start_run):
     assert wait_ended(run.current)
 
 
+def test_stop_before_parent_exits_returns(start_run):
+    """stop() in a generation whose parent still runs returns at once, and no standby starts later."""
+    run = start_run()
+    run.set_control(linger=1)
+    old = run.current
+
+    os.kill(old, signal.SIGHUP)
+    new = run.wait_event(old, "upgraded")["new_pid"]
+    run.wait_event(new, "ready")
+    os.kill(new, signal.SIGTERM)
+    stopped = run.wait_event(new, "stopped")
+    old_exit = run.wait_event(old, "exit")
+    run.wait_event(new, "exit")
+
+    assert run.events.index(stopped) < run.events.index(old_exit)
+    started = [message for message in run.logs(new) if message.startswith("standby PID") and "started" in message]
+    assert started == []
+    running = [pid for pid in sorted(run.pids) if not wait_ended(pid)]
+    assert running == []
+
+
 def test_interpreter_exit_ends_standby(start_run):
     """A generation that exits without stop() kills and reaps its standby on the way out."""
     run = start_run("--exit-early")

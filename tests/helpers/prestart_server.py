@@ -4,7 +4,8 @@ Every generation writes JSON events, one per line, to the shared stdout:
 "ready" (with what this generation saw when it started: its fds, LISTEN_PID,
 working directory, VERSION, the probe variable, and how __main__, sys.argv
 and sys.path were set up), "upgrading",
-"upgraded", "upgrade-failed", "crashing", "stopping", "standby" (once a
+"upgraded", "upgrade-failed", "crashing", "stopping" and "stopped" (around
+stop()), "standby" (once a
 standby runs for this generation, which under a parent is after the parent
 exited), "log" (the fdpass logger's records at INFO and above) and "exit". Each response is
 "<pid> <request line>\\n".
@@ -14,6 +15,7 @@ a generation starts:
 - "setenv": variables the old generation sets in os.environ before upgrade();
 - "chdir": a directory it changes into before upgrade();
 - "crash": true makes a generation with a parent exit with status 3 before ready().
+- "linger": seconds a generation waits before it exits, once it stopped serving.
 - "upgrade_token": a file path. The first generation with a parent that
   removes it sends itself SIGHUP as soon as its parent has exited.
 
@@ -155,6 +157,7 @@ def main() -> int:
             if number == signal.SIGTERM:
                 emit("stopping", standby_pid=upgrader.standby_pid)
                 upgrader.stop()
+                emit("stopped")
                 return
             control = read_control(args.control)
             os.environ.update(control.get("setenv", {}))
@@ -218,6 +221,7 @@ def main() -> int:
     listener.close()
     for thread in handlers:
         thread.join(10)
+    time.sleep(read_control(args.control).get("linger", 0))
     emit("exit")
     return 0
 
