@@ -784,6 +784,7 @@ class Upgrader:
             await asyncio.wait({readable}, timeout=self._upgrade_timeout)
         finally:
             loop.remove_reader(standby.control.fileno())
+            readable.cancel()
 
     def _check_attempt(self, attempt: _Attempt) -> str | None:
         """Return "ready", "exited", "stopped" or "timeout" once the upgrade has an outcome, else None."""
