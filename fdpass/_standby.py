@@ -16,8 +16,12 @@ bootstrap from bootstrap_code() imports this module and calls main(), which:
    environment, directory and command line, and runs the program as a fresh
    start of that command line would.
 
-EOF on the control socket at step 1 or 3 means the parent is gone, and the
-standby exits with status 0.
+EOF, ECONNRESET or EPIPE on the control socket at steps 1 to 3 means the
+parent is gone, and the standby exits with status 0. A parent killed before
+it read the report makes the standby's next recvmsg() fail with ECONNRESET
+instead of reading EOF. The standby ignores SIGINT until the hand-over, so
+a Ctrl-C to the process group ends the parent, and through it the standby,
+without a KeyboardInterrupt traceback from the standby.
 
 Every message is a series of records, one SOCK_SEQPACKET datagram each: b"D"
 and up to RECORD_BYTES bytes of JSON, b"F" with up to MAX_FDS_PER_RECORD fds
@@ -29,6 +33,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import signal
 import socket
 import sys
 import time
@@ -284,20 +289,28 @@ def _control_socket() -> socket.socket:
     return socket.socket(fileno=fd)
 
 
+def _receive_or_exit(control: socket.socket) -> tuple[object, list[int]]:
+    """Receive the parent's next message, or exit with status 0 if the parent is gone."""
+    try:
+        message = receive_message(control)
+    except (BrokenPipeError, ConnectionResetError):
+        message = None
+    # os._exit() skips the atexit handlers that preloaded modules registered
+    # for a program that never ran.
+    if message is None:
+        os._exit(0)
+    return message
+
+
 def main() -> None:
     """Preload, report, wait for the hand-over, and run the program; see the module docstring."""
     started_ns = time.time_ns()
+    sigint_handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
     sys.path.pop()  # the package directory that bootstrap_code() appended
     base_path = list(sys.path)
     control = _control_socket()
 
-    # EOF or a closed peer means the parent is gone or stopped this standby.
-    # os._exit() skips the atexit handlers that preloaded modules registered
-    # for a program that never ran.
-    request = receive_message(control)
-    if request is None:
-        os._exit(0)
-    names = request[0]
+    names = _receive_or_exit(control)[0]
     if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
         raise StandbyProtocolError(f"expected a list of module names, not {names!r}")
     failed = _preload(names)
@@ -313,11 +326,8 @@ def main() -> None:
     except (BrokenPipeError, ConnectionResetError):
         os._exit(0)
 
-    handover = receive_message(control)
-    if handover is None:
-        os._exit(0)
+    payload, fds = _receive_or_exit(control)
     control.close()
-    payload, fds = handover
     if not isinstance(payload, dict):
         raise StandbyProtocolError(f"expected a hand-over object, not {payload!r}")
     declared = payload["env"].get(protocol.LISTEN_FDS)
@@ -327,4 +337,5 @@ def main() -> None:
     _place_fds(fds)
     _set_environment(payload["env"])
     os.chdir(payload["cwd"])
+    signal.signal(signal.SIGINT, sigint_handler)
     _run_program(payload["argv"], base_path)

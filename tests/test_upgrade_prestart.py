@@ -436,30 +436,83 @@ def test_interpreter_exit_ends_standby(start_run):
     assert not os.path.exists(f"/proc/{standby}")
 
 
-def test_standby_exits_with_killed_generation(start_run):
-    """A generation killed with SIGKILL: its standby reads EOF on the control socket and exits with status 0."""
-    run = start_run()
-    run.upgrade()
+def wait_orphan_status(pid: int) -> int | None:
+    """Return the exit code of pid, which this subreaper inherits once its parent is gone, or None after a timeout."""
+    deadline = time.monotonic() + EVENT_TIMEOUT
+    while time.monotonic() < deadline:
+        try:
+            reaped, wait_status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            reaped = 0
+        if reaped == pid:
+            return os.waitstatus_to_exitcode(wait_status)
+        time.sleep(0.01)
+    return None
+
+
+def test_standby_exits_after_report_generation_killed(start_run):
+    """A generation killed with SIGKILL after its standby's report arrived: the standby exits with status 0.
+
+    The report sits unread on the killed generation's socket, so the
+    standby's recvmsg() fails with ECONNRESET instead of reading EOF.
+    """
+    run = start_run("--wait-report")
     standby = run.wait_event(run.current, "standby")["standby_pid"]
     assert isinstance(standby, int)
 
     os.kill(run.current, signal.SIGKILL)
     assert wait_ended(run.current)
 
-    # The standby becomes an orphan, and this subreaper its parent, once the
-    # last thread of the killed generation has exited.
-    deadline = time.monotonic() + EVENT_TIMEOUT
-    status = None
-    while status is None and time.monotonic() < deadline:
-        try:
-            pid, wait_status = os.waitpid(standby, os.WNOHANG)
-        except ChildProcessError:
-            pid = 0
-        if pid == standby:
-            status = os.waitstatus_to_exitcode(wait_status)
-        else:
-            time.sleep(0.01)
-    assert status == 0
+    assert wait_orphan_status(standby) == 0
+    assert "Traceback" not in run.child.stderr_text()
+
+
+def test_standby_exits_before_report_generation_killed(start_run, tmp_path):
+    """A generation killed with SIGKILL while its standby preloads: the standby exits with status 0.
+
+    The preloaded module blocks until the test creates a file, so the
+    standby sends its report only after the generation is gone (EPIPE).
+    """
+    modules = tmp_path / "modules"
+    modules.mkdir()
+    release = tmp_path / "release"
+    (modules / "prestart_blocking_module.py").write_text(
+        "import os, time\n"
+        "deadline = time.monotonic() + 20\n"
+        "while not os.path.exists(os.environ['PROBE_RELEASE']) and time.monotonic() < deadline:\n"
+        "    time.sleep(0.01)\n"
+    )
+    env = clean_environment({"PYTHONPATH": str(modules), "PROBE_RELEASE": str(release)})
+    run = start_run("--prestart", '["prestart_blocking_module"]', env=env)
+    standby = run.wait_event(run.current, "standby")["standby_pid"]
+    assert isinstance(standby, int)
+
+    os.kill(run.current, signal.SIGKILL)
+    assert wait_ended(run.current)
+    release.touch()
+
+    assert wait_orphan_status(standby) == 0
+    assert "Traceback" not in run.child.stderr_text()
+
+
+def test_standby_ignores_sigint(start_run):
+    """SIGINT to a waiting standby prints no traceback; the new generation it becomes has the default handler."""
+    run = start_run("--wait-report")
+    standby = run.wait_event(run.current, "standby")["standby_pid"]
+
+    os.kill(standby, signal.SIGINT)
+    os.kill(run.current, signal.SIGHUP)
+    upgraded = run.wait_event(run.current, "upgraded", "upgrade-failed")
+    assert upgraded["event"] == "upgraded", upgraded
+    ready = run.wait_event(upgraded["new_pid"], "ready")
+    run.wait_event(run.current, "exit")
+    assert wait_ended(run.current)
+    run.current = upgraded["new_pid"]
+
+    assert upgraded["new_pid"] == standby
+    assert ready["sigint_default"] is True
+    assert "KeyboardInterrupt" not in run.child.stderr_text()
+    run.finish()
 
 
 @pytest.mark.parametrize(

@@ -130,6 +130,9 @@ def main() -> int:
     parser.add_argument("--module", help="a module to import and report VALUE of")
     parser.add_argument("--asyncio", action="store_true", help="upgrade with upgrade_async() in an event loop")
     parser.add_argument("--exit-early", action="store_true", help="exit without stop() once the standby runs")
+    parser.add_argument(
+        "--wait-report", action="store_true", help='emit "standby" only once the standby\'s report has arrived'
+    )
     args = parser.parse_args()
 
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP, signal.SIGTERM})
@@ -194,6 +197,7 @@ def main() -> int:
         address=listener.getsockname(),
         argv=sys.argv,
         main=describe_main(),
+        sigint_default=signal.getsignal(signal.SIGINT) is signal.default_int_handler,
     )
 
     if upgrader.has_parent:
@@ -209,6 +213,14 @@ def main() -> int:
     deadline = time.monotonic() + 20
     while upgrader.standby_pid is None and time.monotonic() < deadline and not upgrader.wait_exit(0.01):
         pass
+    # _standby is private, but only it tells whether the report has arrived.
+    standby = upgrader._standby
+    while args.wait_report and standby is not None and time.monotonic() < deadline and not upgrader.wait_exit(0.01):
+        try:
+            if standby.has_report():
+                break
+        except ValueError:
+            break  # stop() in another thread closed the control socket
     emit("standby", standby_pid=upgrader.standby_pid)
     if args.exit_early:
         emit("exit")
