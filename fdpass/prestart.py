@@ -122,6 +122,9 @@ class Standby:
     ) -> None:
         self.pid = pid
         self.control = control
+        # A child forked without exec gets a copy of this object and of the
+        # atexit hook, but the standby is not its to kill.
+        self.owner_pid = os.getpid()
         self.interpreter = parsed.interpreter
         self.options = parsed.options
         self.startup_variables = _startup_variables(environ)
@@ -256,9 +259,13 @@ class Standby:
         self.control.close()
 
     def kill(self) -> None:
-        """Send SIGKILL, reap the standby, and close the control socket."""
+        """Send SIGKILL, reap the standby, and close the control socket.
+
+        In a child forked from the process that started the standby, only
+        closes that child's copy of the control socket.
+        """
         self.control.close()
-        if self.reaped:
+        if self.reaped or os.getpid() != self.owner_pid:
             return
         try:
             os.kill(self.pid, signal.SIGKILL)

@@ -759,8 +759,14 @@ class Upgrader:
 
     def _stop_standby(self) -> None:
         standby = self._take_standby(wait_for_thread=False)
-        if standby is not None:
-            standby.kill()
+        if standby is None:
+            return
+
+        # Standby.kill() sends no signal from a forked child, whose stop()
+        # or atexit hook would otherwise kill the standby or, after a
+        # hand-over, the new generation.
+        standby.kill()
+        if standby.owner_pid == os.getpid():
             _log.info("standby PID %d stopped", standby.pid)
 
     async def _wait_standby_report_async(self) -> None:

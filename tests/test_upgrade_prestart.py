@@ -436,6 +436,31 @@ def test_interpreter_exit_ends_standby(start_run):
     assert not os.path.exists(f"/proc/{standby}")
 
 
+def test_forked_worker_exit_spares_standby(start_run):
+    """Forked workers that end with sys.exit() kill neither the standby nor, after the upgrade, the new generation."""
+    run = start_run("--fork-workers")
+    standby = run.wait_event(run.current, "standby")["standby_pid"]
+    worker = run.wait_event(run.current, "worker-exited")
+    assert worker["status"] == 0
+    assert not process_ended(standby)
+
+    old = run.current
+    os.kill(old, signal.SIGHUP)
+    upgraded = run.wait_event(old, "upgraded", "upgrade-failed")
+    assert upgraded["event"] == "upgraded", upgraded
+    run.wait_event(upgraded["new_pid"], "ready")
+    late_worker = run.wait_event(old, "worker-exited")
+    run.wait_event(old, "exit")
+    assert wait_ended(old)
+    run.current = upgraded["new_pid"]
+
+    assert upgraded["new_pid"] == standby
+    assert late_worker["status"] == 0
+    assert not process_ended(standby)
+    assert send_request(run.address, "after the worker exited").split()[0] == str(standby)
+    run.finish()
+
+
 def wait_orphan_status(pid: int) -> int | None:
     """Return the exit code of pid, which this subreaper inherits once its parent is gone, or None after a timeout."""
     deadline = time.monotonic() + EVENT_TIMEOUT

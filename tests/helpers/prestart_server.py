@@ -122,6 +122,20 @@ def serve(listener: socket.socket, stop_read: int, handlers: list[threading.Thre
             handlers.append(thread)
 
 
+def fork_worker(release_read: int | None = None, release_write: int | None = None) -> int:
+    """Fork a worker that ends with sys.exit(0), which runs the atexit hooks it inherited; return its PID.
+
+    With release_read, the worker first waits for EOF on it.
+    """
+    pid = os.fork()
+    if pid != 0:
+        return pid
+    if release_read is not None and release_write is not None:
+        os.close(release_write)
+        os.read(release_read, 1)
+    sys.exit(0)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--address", required=True)
@@ -130,6 +144,11 @@ def main() -> int:
     parser.add_argument("--module", help="a module to import and report VALUE of")
     parser.add_argument("--asyncio", action="store_true", help="upgrade with upgrade_async() in an event loop")
     parser.add_argument("--exit-early", action="store_true", help="exit without stop() once the standby runs")
+    parser.add_argument(
+        "--fork-workers",
+        action="store_true",
+        help="fork a worker that ends with sys.exit() at once, and one that does so once this generation hands over",
+    )
     parser.add_argument(
         "--wait-report", action="store_true", help='emit "standby" only once the standby\'s report has arrived'
     )
@@ -222,11 +241,19 @@ def main() -> int:
         except ValueError:
             break  # stop() in another thread closed the control socket
     emit("standby", standby_pid=upgrader.standby_pid)
+    if args.fork_workers:
+        early_worker = fork_worker()
+        emit("worker-exited", status=os.waitstatus_to_exitcode(os.waitpid(early_worker, 0)[1]))
+        release_read, release_write = os.pipe()
+        late_worker = fork_worker(release_read, release_write)
     if args.exit_early:
         emit("exit")
         return 0
 
     upgrader.wait_exit()
+    if args.fork_workers:
+        os.close(release_write)
+        emit("worker-exited", status=os.waitstatus_to_exitcode(os.waitpid(late_worker, 0)[1]))
     signals.join(30)
     os.write(stop_write, b"x")
     server.join(10)
