@@ -7,9 +7,9 @@ bootstrap from bootstrap_code() imports this module and calls main(), which:
 
 1. receives the names of the modules to preload and imports them;
 2. sends back the path, st_mtime_ns and st_size of every module file it
-   has loaded and of every .pth file in its sys.path directories, and the
-   modules that failed to import, so the parent can tell whether it is
-   still fresh;
+   has loaded and of every .pth file in its sys.path directories, the
+   modules that failed to import, and the fds it holds besides its control
+   socket, so the parent can tell whether it is still fresh;
 3. blocks until the parent sends the hand-over: the fds, their names, the
    environment, the working directory and the command line;
 4. puts the fds on 3, 4, ..., closes every other fd above 2, takes the
@@ -205,6 +205,26 @@ def _module_files(started_ns: int) -> list[list[object]]:
     return files
 
 
+def open_fds(control_fd: int) -> list[list[object]]:
+    """Return [fd, target] for each fd above 2 that this process holds, except control_fd.
+
+    The target is what /proc/self/fd shows, such as /tmp/perf-PID.map for
+    the perf map that -X perf keeps open.
+    """
+    fds: list[list[object]] = []
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd <= 2 or fd == control_fd:
+            continue
+        try:
+            fcntl.fcntl(fd, fcntl.F_GETFD)
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue  # the directory fd that listdir() used, closed by now
+        fds.append([fd, target])
+    return sorted(fds)
+
+
 def _place_fds(fds: list[int]) -> None:
     """Put fds on 3, 4, ... with FD_CLOEXEC clear, and close every other fd above 2.
 
@@ -320,6 +340,7 @@ def main() -> None:
             "modules": _module_files(started_ns),
             "pth_directories": base_path,
             "pth_files": pth_files(base_path, started_ns),
+            "fds": open_fds(control.fileno()),
             "failed": failed,
         }
         send_message(control, report)

@@ -139,6 +139,8 @@ class Standby:
         self.pth_directories: list[str] = []
         self.pth_files: list[list[object]] = []
         self.failed_imports: list[tuple[str, str]] = []
+        # (fd, target) of each fd above 2 the standby held besides its control socket.
+        self.open_fds: list[tuple[int, str]] = []
         # Once reaped, its PID may belong to another process, so it gets no signal.
         self.reaped = False
         self.status: int | None = None
@@ -178,6 +180,7 @@ class Standby:
             self.module_files = [(str(path), int(mtime_ns), int(size)) for path, mtime_ns, size in report["modules"]]
             self.pth_directories = [str(directory) for directory in report["pth_directories"]]
             self.pth_files = [[str(path), int(mtime_ns), int(size)] for path, mtime_ns, size in report["pth_files"]]
+            self.open_fds = [(int(fd), str(target)) for fd, target in report["fds"]]
         except (KeyError, TypeError, ValueError):
             return f"it sent a malformed report: {report!r:.200}"
         return None
@@ -194,8 +197,10 @@ class Standby:
             return True
         return False
 
-    def unfit_reason(self, start: command.StartCommand, environ: Mapping[str, str], timeout: float) -> str | None:
-        """Return why a cold start of start with environ would differ from this standby, or None if it would not.
+    def unfit_reason(
+        self, start: command.StartCommand, environ: Mapping[str, str], fd_count: int, timeout: float
+    ) -> str | None:
+        """Return why a cold start of start with environ and fd_count fds would differ from this standby, or None.
 
         Waits up to timeout seconds for the standby's report if it is still
         starting.
@@ -206,6 +211,13 @@ class Standby:
         if reason is not None:
             return reason
 
+        # The interpreter keeps using an fd it opened at start-up, such as the
+        # perf map of -X perf, so a passed fd must not take its number.
+        # NOTE: an fd of the standby above the passed range is closed at the
+        # hand-over, and a later open() may reuse its number.
+        for fd, target in self.open_fds:
+            if fd < protocol.FIRST_FD + fd_count:
+                return f"its interpreter holds fd {fd} ({target}), where a passed fd would go"
         if self.explicit and self.failed_imports:
             name, error = self.failed_imports[0]
             return f"it could not import the preloaded module {name!r}: {error}"

@@ -692,7 +692,7 @@ class Upgrader:
         self, standby: Standby, start: command.StartCommand, environ: dict[str, str], passed: list[int]
     ) -> int | None:
         """Hand the new generation's fds and settings to standby; return its PID, or None to start cold."""
-        reason = standby.unfit_reason(start, environ, self._upgrade_timeout)
+        reason = standby.unfit_reason(start, environ, len(passed), self._upgrade_timeout)
         cwd = ""
         if reason is None:
             try:

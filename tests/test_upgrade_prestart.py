@@ -15,6 +15,7 @@ import os
 import pathlib
 import shutil
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterator
 
@@ -251,6 +252,35 @@ def test_killed_standby_falls_back_cold(start_run):
     assert any("cold" in message and str(standby) in message for message in run.logs(upgraded["pid"]))
     assert process_ended(standby)
     assert send_request(run.address, "hello").split()[0] == str(upgraded["new_pid"])
+    run.finish()
+
+
+@pytest.fixture
+def perf_maps() -> Iterator[None]:
+    """Remove the /tmp/perf-PID.map files that -X perf leaves behind, of processes started and ended meanwhile.
+
+    Request it before start_run, so its teardown runs after the children are killed.
+    """
+    before = set(pathlib.Path("/tmp").glob("perf-*.map"))
+    yield
+    for path in set(pathlib.Path("/tmp").glob("perf-*.map")) - before:
+        if not os.path.exists(f"/proc/{path.stem.removeprefix('perf-')}"):
+            path.unlink(missing_ok=True)
+
+
+@pytest.mark.skipif(not hasattr(sys, "activate_stack_trampoline"), reason="-X perf needs CPython 3.12+ on Linux")
+def test_perf_map_fd_falls_back_cold(perf_maps, start_run):
+    """Under -X perf, the standby's perf map sits on fd 4, where a passed fd would go: the upgrade starts cold."""
+    run = start_run(target=["-X", "perf", HELPERS / "prestart_server.py"])
+    standby = run.ready["standby_pid"]
+
+    _, upgraded, ready = run.upgrade()
+
+    assert upgraded["new_pid"] != standby
+    messages = run.logs(upgraded["pid"])
+    assert any(f"perf-{standby}.map" in message and "cold" in message for message in messages), messages
+    assert ready["fds"]["3"].startswith("socket:")
+    assert send_request(run.address, "hello") == f"{upgraded['new_pid']} hello"
     run.finish()
 
 
