@@ -5,7 +5,8 @@ through fdpass_spawn(), with one fd: its end of an AF_UNIX SOCK_SEQPACKET
 socketpair, passed as LISTEN_FDS=1 under the name STANDBY_FD_NAME. The -c
 bootstrap from bootstrap_code() imports this module and calls main(), which:
 
-1. receives the names of the modules to preload and imports them;
+1. receives the names of the modules to preload and the entry that a cold
+   start puts first on sys.path, puts that entry there, and imports them;
 2. sends back the path, st_mtime_ns and st_size of every module file it
    has loaded and of every .pth file in its sys.path directories, the
    modules that failed to import, and the fds it holds besides its control
@@ -257,6 +258,27 @@ def _set_environment(environ: dict[str, str]) -> None:
     os.environ[protocol.LISTEN_PID] = str(os.getpid())
 
 
+def main_path_entry(kind: str, target: str) -> str | None:
+    """Return what the interpreter puts first on sys.path to run target, or None under -P or -I.
+
+    kind is a fdpass.command.PythonCommand kind. A -m program gets the
+    working directory, and a -c program gets "". A script gets its
+    directory, symlinks resolved, and runpy.run_path() puts a directory or
+    zip file there itself.
+    """
+    import pkgutil
+
+    if getattr(sys.flags, "safe_path", False) or sys.flags.isolated:
+        return None
+    if kind == "module":
+        return os.getcwd()
+    if kind == "code":
+        return ""
+    if pkgutil.get_importer(target) is not None:
+        return target
+    return os.path.dirname(os.path.realpath(target))
+
+
 def _run_program(argv: list[str], base_path: list[str]) -> None:
     """Run argv's script, module or code the way the interpreter would run that command line."""
     import runpy
@@ -264,12 +286,12 @@ def _run_program(argv: list[str], base_path: list[str]) -> None:
     from fdpass import command
 
     parsed = command.parse_python_argv(argv)
-    safe_path = bool(getattr(sys.flags, "safe_path", False) or sys.flags.isolated)
+    path_entry = main_path_entry(parsed.kind, parsed.target)
     sys.orig_argv = list(argv)
 
     if parsed.kind == "module":
         sys.argv = ["-m", *parsed.args]
-        sys.path[:] = base_path if safe_path else [os.getcwd(), *base_path]
+        sys.path[:] = base_path if path_entry is None else [path_entry, *base_path]
         runpy.run_module(parsed.target, run_name="__main__", alter_sys=True)
         return
 
@@ -277,22 +299,19 @@ def _run_program(argv: list[str], base_path: list[str]) -> None:
         import types
 
         sys.argv = ["-c", *parsed.args]
-        sys.path[:] = base_path if safe_path else ["", *base_path]
+        sys.path[:] = base_path if path_entry is None else [path_entry, *base_path]
         main = types.ModuleType("__main__")
         main.__dict__["__builtins__"] = __builtins__
         sys.modules["__main__"] = main
         exec(compile(parsed.target, "<string>", "exec"), main.__dict__)
         return
 
-    import pkgutil
-
     sys.argv = [parsed.target, *parsed.args]
-    # runpy.run_path() puts a directory or zip file on sys.path itself; for a
-    # file, the interpreter puts the file's directory, symlinks resolved.
-    if pkgutil.get_importer(parsed.target) is not None or safe_path:
+    # runpy.run_path() puts a directory or zip file on sys.path itself.
+    if path_entry is None or path_entry == parsed.target:
         sys.path[:] = base_path
     else:
-        sys.path[:] = [os.path.dirname(os.path.realpath(parsed.target)), *base_path]
+        sys.path[:] = [path_entry, *base_path]
     runpy.run_path(parsed.target, run_name="__main__")
 
 
@@ -330,9 +349,16 @@ def main() -> None:
     base_path = list(sys.path)
     control = _control_socket()
 
-    names = _receive_or_exit(control)[0]
+    request = _receive_or_exit(control)[0]
+    if not isinstance(request, dict):
+        raise StandbyProtocolError(f"expected a preload request object, not {request!r:.200}")
+    names = request["modules"]
     if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
-        raise StandbyProtocolError(f"expected a list of module names, not {names!r}")
+        raise StandbyProtocolError(f"expected a list of module names, not {names!r:.200}")
+    path_entry = request["path_entry"]
+    # A module next to the script shadows the stdlib in a cold start, so it must here too.
+    if isinstance(path_entry, str):
+        sys.path.insert(0, path_entry)
     failed = _preload(names)
     try:
         report = {

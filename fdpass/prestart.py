@@ -132,6 +132,8 @@ class Standby:
         self.stdio_ids = _stdio_ids()
         self.process_attributes = _process_attributes()
         self.explicit = explicit
+        self.path_entry = standby_module.main_path_entry(parsed.kind, parsed.target)
+        self.cwd = os.getcwd()
         # From the standby's report: (path, st_mtime_ns, st_size) of each
         # loaded module file, the sys.path directories and their .pth files,
         # and (name, error) of each failed import.
@@ -229,6 +231,12 @@ class Standby:
             return str(error)
         if (parsed.interpreter, parsed.options) != (self.interpreter, self.options):
             return f"the interpreter options changed to {[parsed.interpreter, *parsed.options]!r}"
+        path_entry = standby_module.main_path_entry(parsed.kind, parsed.target)
+        if path_entry != self.path_entry or (path_entry == "" and os.getcwd() != self.cwd):
+            return (
+                f"a cold start would put {path_entry!r} first on sys.path (working directory {os.getcwd()!r}), "
+                f"but the standby preloaded with {self.path_entry!r} (working directory {self.cwd!r})"
+            )
         startup_variables = _startup_variables(environ)
         if startup_variables != self.startup_variables:
             changed = _describe_difference(self.startup_variables, startup_variables)
@@ -331,7 +339,7 @@ def start(modules: tuple[str, ...] | None) -> Standby:
     standby = Standby(pid, parent_end, parsed, environ, explicit)
     try:
         parent_end.settimeout(10.0)
-        standby_module.send_message(parent_end, names)
+        standby_module.send_message(parent_end, {"modules": names, "path_entry": standby.path_entry})
     except OSError:
         standby.kill()
         raise

@@ -223,6 +223,24 @@ def test_standby_sets_up_main_like_cold_start(start_run, tmp_path, kind):
     assert ready["main"] == run.ready["main"]
 
 
+def test_module_next_to_script_shadows_stdlib(start_run, tmp_path):
+    """A queue.py next to the script is what the standby preloads and the new generation imports, as in a cold start."""
+    script = tmp_path / "prestart_server.py"
+    shutil.copy(HELPERS / "prestart_server.py", script)
+    local_queue = tmp_path / "queue.py"
+    local_queue.write_text("VALUE = 'the queue.py next to the script'\n")
+    # An old mtime, so the standby does not take it for a change made while it started.
+    os.utime(local_queue, (time.time() - 100, time.time() - 100))
+    run = start_run("--prestart", '["queue"]', "--module", "queue", target=[script])
+
+    _, upgraded, ready = run.upgrade()
+
+    assert run.ready["module_value"] == "the queue.py next to the script"
+    assert upgraded["new_pid"] == run.ready["standby_pid"]
+    assert ready["module_value"] == "the queue.py next to the script"
+    run.finish()
+
+
 def test_environment_and_cwd_reach_standby(start_run, tmp_path):
     """A variable set and a directory changed in the parent after the standby started reach the new generation."""
     directory = tmp_path / "new-cwd"
