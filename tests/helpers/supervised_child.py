@@ -51,18 +51,20 @@ if kind in ("exit", "orphan"):
 if kind == "stubborn":
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
-if kind in ("ready", "stubborn"):
-    address = os.environ["NOTIFY_SOCKET"]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        sock.connect("\0" + address[1:] if address.startswith("@") else address)
-        sock.sendall(b"READY=1\nSTATUS=test child ready")
-
+# Before READY=1: the supervisor may forward a signal as soon as it reads
+# it, and one that arrived first would end this child with its default action.
 stop = []
 stop_signals = [signal.SIGINT, signal.SIGHUP]
 if kind != "stubborn":
     stop_signals.append(signal.SIGTERM)
 for signum in stop_signals:
     signal.signal(signum, lambda signum, frame: stop.append(signum))
+
+if kind in ("ready", "stubborn"):
+    address = os.environ["NOTIFY_SOCKET"]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.connect("\0" + address[1:] if address.startswith("@") else address)
+        sock.sendall(b"READY=1\nSTATUS=test child ready")
 deadline = time.monotonic() + 60
 while not stop and time.monotonic() < deadline:
     time.sleep(0.02)
