@@ -137,8 +137,29 @@ class Run:
         assert running == [], f"still running: {running}; events: {self.events}"
 
 
+#: Seconds a standby needs its module and .pth files to be older than, to
+#: trust their mtimes: the margin in fdpass._standby, plus slack.
+SETTLED_AGE = 1.5
+
+
+@pytest.fixture(scope="session")
+def settled_install() -> None:
+    """Wait, up to 5 s, until the installed files a standby checks are SETTLED_AGE seconds old.
+
+    Right after pip install, fdpass's files and the .pth files are younger
+    than the standby's mtime margin, so every upgrade would start cold.
+    """
+    package = pathlib.Path(fdpass.__file__).parent
+    mtimes = [entry.stat().st_mtime for entry in package.iterdir()]
+    for directory in sys.path:
+        if os.path.isdir(directory):
+            mtimes.extend(entry.stat().st_mtime for entry in os.scandir(directory))
+    wait = max(mtimes, default=0.0) + SETTLED_AGE - time.time()
+    time.sleep(min(max(wait, 0.0), 5.0))
+
+
 @pytest.fixture
-def start_run(reaper, children, tmp_path) -> Callable[..., Run]:
+def start_run(settled_install, reaper, children, tmp_path) -> Callable[..., Run]:
     """Start prestart_server.py and wait until its first generation is ready."""
 
     def start(
