@@ -15,6 +15,7 @@ import select
 import signal
 import socket
 import sys
+import time
 
 from fdpass import _native, _socket_env, command, protocol, restart
 from fdpass import _standby as standby_module
@@ -27,6 +28,11 @@ if TYPE_CHECKING:
 # runs: a standby started under other values is not what a cold start would be.
 _STARTUP_VARIABLES = frozenset({"PATH", "HOME", "LANG", "LANGUAGE", "TZ", "LD_PRELOAD", "LD_LIBRARY_PATH"})
 _STARTUP_PREFIXES = ("PYTHON", "LC_")
+
+#: Seconds upgrade() waits for the report of a standby that is still
+#: preloading, counted from the first wait, before it starts cold. The
+#: report takes well under a second unless the standby hangs or is stopped.
+REPORT_TIMEOUT = 3.0
 
 
 def check_prestart(prestart: object) -> tuple[str, ...] | bool:
@@ -143,6 +149,7 @@ class Standby:
         self.failed_imports: list[tuple[str, str]] = []
         # (fd, target) of each fd above 2 the standby held besides its control socket.
         self.open_fds: list[tuple[int, str]] = []
+        self._report_deadline: float | None = None
         # Once reaped, its PID may belong to another process, so it gets no signal.
         self.reaped = False
         self.status: int | None = None
@@ -158,15 +165,34 @@ class Standby:
         poller.register(self.control.fileno(), select.POLLIN)
         return bool(poller.poll(0))
 
-    def _receive_report(self, timeout: float) -> str | None:
-        """Wait for the report; return why the standby is unusable, or None."""
+    def report_deadline(self) -> float:
+        """Return the time.monotonic() by which the report must arrive; the first call sets it."""
+        if self._report_deadline is None:
+            self._report_deadline = time.monotonic() + REPORT_TIMEOUT
+        return self._report_deadline
+
+    def _receive_report(self, wake_fd: int | None) -> str | None:
+        """Wait for the report until report_deadline() or a readable wake_fd; return why the standby is unusable."""
         if self.module_files is not None:
             return None
-        self.control.settimeout(max(timeout, 0.001))
+
+        poller = select.poll()
+        poller.register(self.control.fileno(), select.POLLIN)
+        if wake_fd is not None:
+            poller.register(wake_fd, select.POLLIN)
+        remaining = max(0.0, self.report_deadline() - time.monotonic())
+        ready = [fd for fd, _ in poller.poll(int(remaining * 1000))]
+        if wake_fd is not None and wake_fd in ready:
+            return "the upgrade was stopped while it waited for the standby's report"
+        if not ready:
+            return f"it sent no report of its preloaded modules within {REPORT_TIMEOUT:g} s"
+
+        # The first record has arrived, and the rest of the report follows it at once.
+        self.control.settimeout(REPORT_TIMEOUT)
         try:
             message = standby_module.receive_message(self.control)
         except TimeoutError:
-            return f"it sent no report of its preloaded modules within {timeout:g} s"
+            return f"its report of its preloaded modules stopped short for {REPORT_TIMEOUT:g} s"
         except (OSError, standby_module.StandbyProtocolError) as error:
             return f"its control socket failed: {error}"
 
@@ -200,16 +226,16 @@ class Standby:
         return False
 
     def unfit_reason(
-        self, start: command.StartCommand, environ: Mapping[str, str], fd_count: int, timeout: float
+        self, start: command.StartCommand, environ: Mapping[str, str], fd_count: int, wake_fd: int | None = None
     ) -> str | None:
         """Return why a cold start of start with environ and fd_count fds would differ from this standby, or None.
 
-        Waits up to timeout seconds for the standby's report if it is still
-        starting.
+        Waits for the report of a standby that is still starting until
+        report_deadline(), or until wake_fd is readable.
         """
         if self._exited():
             return f"it exited ({'status unknown' if self.status is None else f'status {self.status}'})"
-        reason = self._receive_report(timeout)
+        reason = self._receive_report(wake_fd)
         if reason is not None:
             return reason
 

@@ -684,6 +684,8 @@ class Upgrader:
             pid = self._hand_over(standby, start, environ, passed)
             if pid is not None:
                 return pid, time.monotonic()
+        if self._exit_event.is_set():
+            raise UpgradeError("stop() was called during the upgrade; no new generation was started")
 
         started = time.monotonic()
         return _native.spawn_with_fds(path, argv, envp, passed), started
@@ -692,7 +694,10 @@ class Upgrader:
         self, standby: Standby, start: command.StartCommand, environ: dict[str, str], passed: list[int]
     ) -> int | None:
         """Hand the new generation's fds and settings to standby; return its PID, or None to start cold."""
-        reason = standby.unfit_reason(start, environ, len(passed), self._upgrade_timeout)
+        reason = standby.unfit_reason(start, environ, len(passed), self._exit_read_fd)
+        if self._exit_event.is_set():
+            standby.kill()
+            return None
         cwd = ""
         if reason is None:
             try:
@@ -785,12 +790,24 @@ class Upgrader:
             return
         loop = asyncio.get_running_loop()
         readable: asyncio.Future[None] = loop.create_future()
+        stopped: asyncio.Future[None] = loop.create_future()
+        with self._lock:
+            self._exit_waiters.append((loop, stopped))
+            if self._exit_event.is_set():
+                stopped.set_result(None)
         loop.add_reader(standby.control.fileno(), _resolve_future, readable)
         try:
-            await asyncio.wait({readable}, timeout=self._upgrade_timeout)
+            # The same deadline bounds the wait that upgrade() then does in
+            # unfit_reason(), so that wait does not block the event loop.
+            remaining = max(0.0, standby.report_deadline() - time.monotonic())
+            await asyncio.wait({readable, stopped}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
         finally:
             loop.remove_reader(standby.control.fileno())
             readable.cancel()
+            with self._lock:
+                if (loop, stopped) in self._exit_waiters:
+                    self._exit_waiters.remove((loop, stopped))
+            stopped.cancel()
 
     def _check_attempt(self, attempt: _Attempt) -> str | None:
         """Return "ready", "exited", "stopped" or "timeout" once the upgrade has an outcome, else None."""

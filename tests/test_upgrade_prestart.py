@@ -24,6 +24,7 @@ from conftest import HELPERS, clean_environment
 from test_upgrade import LoadClient, send_request
 
 import fdpass
+from fdpass.prestart import REPORT_TIMEOUT
 
 PR_SET_CHILD_SUBREAPER = 36
 
@@ -544,6 +545,59 @@ def wait_orphan_status(pid: int) -> int | None:
     return None
 
 
+def blocking_module(tmp_path: pathlib.Path) -> tuple[dict[str, str], pathlib.Path]:
+    """Write prestart_blocking_module, whose import waits up to 20 s for a file; return the environment and the file."""
+    modules = tmp_path / "modules"
+    modules.mkdir()
+    release = tmp_path / "release"
+    (modules / "prestart_blocking_module.py").write_text(
+        "import os, time\n"
+        "deadline = time.monotonic() + 20\n"
+        "while not os.path.exists(os.environ['PROBE_RELEASE']) and time.monotonic() < deadline:\n"
+        "    time.sleep(0.01)\n"
+    )
+    return clean_environment({"PYTHONPATH": str(modules), "PROBE_RELEASE": str(release)}), release
+
+
+@pytest.mark.parametrize("api", ["upgrade", "upgrade_async"])
+def test_silent_standby_costs_report_timeout(start_run, tmp_path, api):
+    """A standby that sends no report: the upgrade starts cold after REPORT_TIMEOUT and the event loop keeps running."""
+    env, _ = blocking_module(tmp_path)
+    options = ["--asyncio"] if api == "upgrade_async" else []
+    run = start_run("--prestart", '["prestart_blocking_module"]', *options, env=env)
+    standby = run.ready["standby_pid"]
+
+    _, upgraded, _ = run.upgrade()
+
+    assert upgraded["new_pid"] != standby
+    expected = f"no report of its preloaded modules within {REPORT_TIMEOUT:g} s"
+    messages = run.logs(upgraded["pid"])
+    assert any(expected in message for message in messages), messages
+    if api == "upgrade_async":
+        # Blocked for the report wait, the loop would miss the ticker for REPORT_TIMEOUT.
+        assert upgraded["max_loop_gap"] < REPORT_TIMEOUT
+    run.finish()
+
+
+def test_stop_ends_wait_for_report(start_run, tmp_path):
+    """stop() while upgrade() waits for a standby's report: UpgradeError, and no new generation starts."""
+    env, _ = blocking_module(tmp_path)
+    run = start_run("--prestart", '["prestart_blocking_module"]', env=env)
+    standby = run.ready["standby_pid"]
+    run.set_control(stop_during_upgrade=0.3)
+
+    os.kill(run.current, signal.SIGHUP)
+    failed = run.wait_event(run.current, "upgrade-failed", "upgraded")
+    run.wait_event(run.current, "exit")
+
+    assert failed["event"] == "upgrade-failed", failed
+    assert failed["new_pid"] is None
+    assert "no new generation was started" in failed["error"]
+    assert wait_ended(standby)
+    assert wait_ended(run.current)
+    assert [message for message in run.logs(run.current) if "upgrade started" in message] == []
+
+
 def test_standby_exits_after_report_generation_killed(start_run):
     """A generation killed with SIGKILL after its standby's report arrived: the standby exits with status 0.
 
@@ -567,16 +621,7 @@ def test_standby_exits_before_report_generation_killed(start_run, tmp_path):
     The preloaded module blocks until the test creates a file, so the
     standby sends its report only after the generation is gone (EPIPE).
     """
-    modules = tmp_path / "modules"
-    modules.mkdir()
-    release = tmp_path / "release"
-    (modules / "prestart_blocking_module.py").write_text(
-        "import os, time\n"
-        "deadline = time.monotonic() + 20\n"
-        "while not os.path.exists(os.environ['PROBE_RELEASE']) and time.monotonic() < deadline:\n"
-        "    time.sleep(0.01)\n"
-    )
-    env = clean_environment({"PYTHONPATH": str(modules), "PROBE_RELEASE": str(release)})
+    env, release = blocking_module(tmp_path)
     run = start_run("--prestart", '["prestart_blocking_module"]', env=env)
     standby = run.wait_event(run.current, "standby")["standby_pid"]
     assert isinstance(standby, int)

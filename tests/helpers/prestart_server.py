@@ -16,6 +16,8 @@ a generation starts:
 - "chdir": a directory it changes into before upgrade();
 - "crash": true makes a generation with a parent exit with status 3 before ready().
 - "linger": seconds a generation waits before it exits, once it stopped serving.
+- "stop_during_upgrade": seconds after the upgrade starts at which another
+  thread calls stop().
 - "upgrade_token": a file path. The first generation with a parent that
   removes it sends itself SIGHUP as soon as its parent has exited.
 
@@ -136,6 +138,25 @@ def fork_worker(release_read: int | None = None, release_write: int | None = Non
     sys.exit(0)
 
 
+async def upgrade_with_ticker(upgrader: fdpass.Upgrader, loop_gaps: list[float]) -> int:
+    """Run upgrade_async() next to a task that appends to loop_gaps the seconds between its wake-ups."""
+    import asyncio
+
+    async def tick() -> None:
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(0.01)
+            now = time.monotonic()
+            loop_gaps.append(now - last)
+            last = now
+
+    ticker = asyncio.create_task(tick())
+    try:
+        return await upgrader.upgrade_async()
+    finally:
+        ticker.cancel()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--address", required=True)
@@ -185,18 +206,31 @@ def main() -> int:
             os.environ.update(control.get("setenv", {}))
             if control.get("chdir"):
                 os.chdir(control["chdir"])
+            if control.get("stop_during_upgrade") is not None:
+                timer = threading.Timer(control["stop_during_upgrade"], upgrader.stop)
+                timer.daemon = True
+                timer.start()
             emit("upgrading", standby_pid=upgrader.standby_pid)
+            loop_gaps: list[float] = []
             try:
                 if args.asyncio:
                     import asyncio
 
-                    new_pid = asyncio.run(upgrader.upgrade_async())
+                    new_pid = asyncio.run(upgrade_with_ticker(upgrader, loop_gaps))
                 else:
                     new_pid = upgrader.upgrade()
             except fdpass.UpgradeError as error:
-                emit("upgrade-failed", error=str(error), status=error.status, new_pid=error.pid)
+                emit(
+                    "upgrade-failed",
+                    error=str(error),
+                    status=error.status,
+                    new_pid=error.pid,
+                    max_loop_gap=max(loop_gaps, default=None),
+                )
+                if upgrader.wait_exit(0):
+                    return
             else:
-                emit("upgraded", new_pid=new_pid)
+                emit("upgraded", new_pid=new_pid, max_loop_gap=max(loop_gaps, default=None))
                 return
 
     signals = threading.Thread(target=take_signals, daemon=True)
