@@ -407,8 +407,9 @@ class Upgrader:
                 another upgrade is running, or the previous generation still
                 runs. Or the new generation could not start, exited before
                 ready(), or was not ready within upgrade_timeout and was
-                killed. Either way nothing about this generation changed,
-                and a later upgrade() may succeed.
+                killed. Or an fd to pass is closed or passed twice, with
+                or without prestart. Either way nothing about this
+                generation changed, and a later upgrade() may succeed.
             TypeError, ValueError: state or fds is malformed.
         """
         attempt = self._begin_upgrade(state, fds)
@@ -577,6 +578,11 @@ class Upgrader:
         for name in extra_names:
             if name in _RESERVED_NAMES:
                 raise ValueError(f"the fd name {name!r} is reserved for fdpass itself; pick another name")
+        # A closed fd must be rejected now: the readiness pipes created
+        # later could take its number and travel under its name.
+        for number, label in zip(extra_numbers, extra_labels, strict=True):
+            if not _fd_is_open(number):
+                raise UpgradeError(f"upgrade not started: {label} is not open")
 
         with self._lock:
             refusal = self._refusal()
@@ -679,6 +685,10 @@ class Upgrader:
         passed: list[int],
     ) -> tuple[int, float]:
         """Hand over to the standby if it is fit, else spawn cold; return the PID and the start time."""
+        if self._prestart is not False:
+            # A standby receives the fds through SCM_RIGHTS, which accepts
+            # what fdpass_spawn() rejects, so check them as it does.
+            _check_passed_fds(passed)
         standby = self._take_standby()
         if standby is not None:
             pid = self._hand_over(standby, start, environ, passed)
@@ -1003,6 +1013,27 @@ class Upgrader:
             if not self._parent_gone:
                 self._parent_gone = True
                 _log.info("previous generation PID %s has exited", self._parent_pid)
+
+
+def _fd_is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+
+def _check_passed_fds(passed: Sequence[int]) -> None:
+    """Raise SpawnFdError for the first closed fd in passed, else for the first repeated one, as fdpass_spawn() does."""
+    for index, fd in enumerate(passed):
+        if not _fd_is_open(fd):
+            raise _native.SpawnFdError(errno_module.EBADF, index)
+
+    seen: set[int] = set()
+    for index, fd in enumerate(passed):
+        if fd in seen:
+            raise _native.SpawnFdError(errno_module.EINVAL, index)
+        seen.add(fd)
 
 
 def _stop_active_standby() -> None:

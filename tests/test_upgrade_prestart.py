@@ -545,6 +545,45 @@ def wait_orphan_status(pid: int) -> int | None:
     return None
 
 
+BAD_FDS_PROGRAM = """
+import json, os, sys
+import fdpass
+
+upgrader = fdpass.Upgrader(upgrade_timeout=10, prestart=sys.argv[1] == "prestart")
+if upgrader.has_parent:
+    upgrader.ready()
+    upgrader.stop()
+    sys.exit(0)
+listener = upgrader.listen(("127.0.0.1", 0))
+upgrader.ready()
+read_end, write_end = os.pipe()
+os.close(write_end)
+results = {}
+for case, fds in [("closed", {"gone": write_end}), ("repeated", {"again": listener})]:
+    try:
+        results[case] = f"accepted, new generation PID {upgrader.upgrade(fds=fds)}"
+    except Exception as error:
+        results[case] = f"{type(error).__name__}: {error}"
+results["standby kept"] = upgrader.standby_pid is not None
+print(json.dumps(results), flush=True)
+upgrader.stop()
+"""
+
+
+@pytest.mark.parametrize("mode", ["cold", "prestart"])
+def test_bad_fds_rejected_like_cold_start(children, mode):
+    """A closed fd, and the listener passed again in fds=, raise the same UpgradeError with and without a standby."""
+    child = children.python("-c", BAD_FDS_PROGRAM, mode)
+    results = child.read_json()
+
+    assert results["closed"].startswith("UpgradeError: upgrade not started: fd 'gone' (")
+    assert results["closed"].endswith(") is not open")
+    assert results["repeated"].startswith("UpgradeError: upgrade not started: fd 'again' (")
+    assert results["repeated"].endswith("is passed twice")
+    assert results["standby kept"] is (mode == "prestart")
+    assert child.wait() == 0
+
+
 def blocking_module(tmp_path: pathlib.Path) -> tuple[dict[str, str], pathlib.Path]:
     """Write prestart_blocking_module, whose import waits up to 20 s for a file; return the environment and the file."""
     modules = tmp_path / "modules"
