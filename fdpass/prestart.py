@@ -239,6 +239,10 @@ class Standby:
         if reason is not None:
             return reason
 
+        # Upgrader logs this reason, and only this one, as a warning.
+        if self.explicit and self.failed_imports:
+            name, error = self.failed_imports[0]
+            return f"it could not import the preloaded module {name!r}: {error}"
         # The interpreter keeps using an fd it opened at start-up, such as the
         # perf map of -X perf, so a passed fd must not take its number.
         # NOTE: an fd of the standby above the passed range is closed at the
@@ -246,9 +250,6 @@ class Standby:
         for fd, target in self.open_fds:
             if fd < protocol.FIRST_FD + fd_count:
                 return f"its interpreter holds fd {fd} ({target}), where a passed fd would go"
-        if self.explicit and self.failed_imports:
-            name, error = self.failed_imports[0]
-            return f"it could not import the preloaded module {name!r}: {error}"
         if self.executable_id is None or self.executable_id != _executable_id():
             return f"the interpreter {sys.executable} changed since the standby started"
         try:

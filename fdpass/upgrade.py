@@ -724,8 +724,14 @@ class Upgrader:
                 _log.info("upgrade handed %d fds over to standby PID %d", len(passed), standby.pid)
                 return standby.pid
 
-        _log.info(
-            "upgrade starts the new generation cold, because standby PID %d is not usable: %s", standby.pid, reason
+        # A module named in prestart= that fails to import is a mistake in
+        # the program, such as a misspelled name, so it gets a warning.
+        level = _log.WARNING if standby.explicit and standby.failed_imports else _log.INFO
+        _log.log(
+            level,
+            "upgrade starts the new generation cold, because standby PID %d is not usable: %s",
+            standby.pid,
+            reason,
         )
         standby.kill()
         return None

@@ -384,14 +384,16 @@ def test_added_pth_file_falls_back_cold(start_run, tmp_path):
 
 
 def test_unimportable_prestart_module_is_named(start_run):
-    """A module that the standby cannot import: the upgrade starts cold and the log names the module."""
+    """A module that the standby cannot import: the upgrade starts cold and a warning names the module."""
     run = start_run("--prestart", '["fdpass_no_such_module"]')
 
     _, upgraded, _ = run.upgrade()
 
     assert upgraded["new_pid"] != run.ready["standby_pid"]
-    messages = run.logs(upgraded["pid"])
-    assert any("'fdpass_no_such_module'" in message for message in messages), messages
+    records = [event for event in run.events if event["event"] == "log" and event["pid"] == upgraded["pid"]]
+    named = [record for record in records if "'fdpass_no_such_module'" in record["message"]]
+    assert named != [], records
+    assert named[0]["level"] == "WARNING"
     run.finish()
 
 
