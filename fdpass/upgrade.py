@@ -261,6 +261,8 @@ class Upgrader:
         self._exit_read_fd, self._exit_write_fd = os.pipe()
         self._exit_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self._prestart = prestart_modules
+        # The process that may kill the standby: a child forked without exec must not.
+        self._owner_pid = os.getpid()
         # Held while a standby starts or is taken, so upgrade() waits for one being started.
         self._standby_lock = threading.Lock()
         self._standby: Standby | None = None
@@ -1045,8 +1047,11 @@ def _check_passed_fds(passed: Sequence[int]) -> None:
 def _stop_active_standby() -> None:
     """Kill and reap the active Upgrader's standby at interpreter exit."""
     upgrader = _active
-    if upgrader is not None:
-        upgrader._stop_standby()
+    # A child forked without exec runs a copy of this hook. It must not take
+    # the standby lock, because another thread may have held it at fork().
+    if upgrader is None or upgrader._owner_pid != os.getpid():
+        return
+    upgrader._stop_standby()
 
 
 def _resolve_future(future: asyncio.Future[None]) -> None:
