@@ -30,8 +30,8 @@ _STARTUP_VARIABLES = frozenset({"PATH", "HOME", "LANG", "LANGUAGE", "TZ", "LD_PR
 _STARTUP_PREFIXES = ("PYTHON", "LC_")
 
 #: Seconds upgrade() waits for the report of a standby that is still
-#: preloading, counted from the first wait, before it starts cold. The
-#: report takes well under a second unless the standby hangs or is stopped.
+#: preloading, counted from the first wait, before it starts cold. A few
+#: seconds leave room for a slow start-up and bound what a hung standby costs.
 REPORT_TIMEOUT = 3.0
 
 

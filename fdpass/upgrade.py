@@ -261,7 +261,7 @@ class Upgrader:
         self._exit_read_fd, self._exit_write_fd = os.pipe()
         self._exit_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self._prestart = prestart_modules
-        # The process that may kill the standby: a child forked without exec must not.
+        # Only this process may kill the standby, never a child forked without exec.
         self._owner_pid = os.getpid()
         # Held while a standby starts or is taken, so upgrade() waits for one being started.
         self._standby_lock = threading.Lock()

@@ -7,7 +7,10 @@ and sys.path were set up), "upgrading",
 "upgraded", "upgrade-failed", "crashing", "stopping" and "stopped" (around
 stop()), "standby" (once a
 standby runs for this generation, which under a parent is after the parent
-exited), "log" (the fdpass logger's records at INFO and above) and "exit". Each response is
+exited), "worker-exited" (with --fork-workers, the exit code of a forked
+worker), "log" (the fdpass logger's records at INFO and above) and "exit".
+"upgraded" and "upgrade-failed" carry max_loop_gap, the longest time in
+seconds that the event loop of upgrade_async() did not run its ticker. Each response is
 "<pid> <request line>\\n".
 
 The control file (JSON) steers upgrades; it is read on each SIGHUP and when
@@ -266,7 +269,7 @@ def main() -> int:
     deadline = time.monotonic() + 20
     while upgrader.standby_pid is None and time.monotonic() < deadline and not upgrader.wait_exit(0.01):
         pass
-    # _standby is private, but only it tells whether the report has arrived.
+    # _standby is private, but only its has_report() shows whether the report has arrived.
     standby = upgrader._standby
     while args.wait_report and standby is not None and time.monotonic() < deadline and not upgrader.wait_exit(0.01):
         try:
