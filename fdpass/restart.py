@@ -366,6 +366,22 @@ def _item_labels(fds: Sequence[FdLike] | Mapping[str, FdLike]) -> Callable[[int]
 
 _INT_MAX = 2**31 - 1
 
+#: fdpass passes its own fds under names that start with this: the state
+#: memfd, an upgrade's pipes and a standby's control socket.
+RESERVED_NAME_PREFIX = "fdpass-"
+
+
+def check_not_reserved(names: Sequence[str]) -> None:
+    """Raise ValueError if a name starts with RESERVED_NAME_PREFIX."""
+    # Thousands of fds usually share one name, which list.count() finds in C.
+    distinct = names[:1] if names and names.count(names[0]) == len(names) else set(names)
+    for name in distinct:
+        if name.startswith(RESERVED_NAME_PREFIX):
+            raise ValueError(
+                f"the fd name {name!r} starts with {RESERVED_NAME_PREFIX!r}, which fdpass reserves for "
+                "its own fds (state, upgrade pipes, standby); pick another name"
+            )
+
 
 def _fd_number(item: object, label: str) -> int:
     """Return the fd of item; label names item in the error for a bad one."""
@@ -655,10 +671,7 @@ def reexec(
     else:
         resolved = _resolve_fds(fds, check_repeats=False)
     items, numbers, names = resolved.items, resolved.numbers, resolved.names
-    if state_module.STATE_FD_NAME in names:
-        raise ValueError(
-            f"the fd name {state_module.STATE_FD_NAME!r} is reserved for reexec(state=...); pick another name"
-        )
+    check_not_reserved(names)
     state_bytes = None if state is None else state_module.to_bytes(state)
 
     if env is not None and not isinstance(env, Mapping):

@@ -52,7 +52,6 @@ PARENT_FD_NAME = "fdpass-parent"
 #: The environment variable with the PID of the generation that started this one.
 PARENT_PID_VARIABLE = "FDPASS_PARENT_PID"
 
-_RESERVED_NAMES = frozenset({READY_FD_NAME, PARENT_FD_NAME, state_module.STATE_FD_NAME})
 
 # Seconds between waitpid(WNOHANG) checks when os.pidfd_open() is missing
 # (Linux before 5.3); with a pidfd the wait is woken by the child's exit.
@@ -324,8 +323,8 @@ class Upgrader:
             ValueError: name is one of the names fdpass reserves for its own
                 fds, or anything fdpass.listen() rejects.
         """
-        if name in _RESERVED_NAMES:
-            raise ValueError(f"the fd name {name!r} is reserved for fdpass itself; pick another name")
+        if isinstance(name, str):
+            restart.check_not_reserved([name])
         return restart.listen(address, type=type, backlog=backlog, name=name)
 
     def ready(self) -> None:
@@ -577,9 +576,7 @@ class Upgrader:
         extra = restart._resolve_fds(fds or {})
         extra_numbers, extra_names = extra.numbers, extra.names
         extra_labels = [extra.label(index) for index in range(len(extra_numbers))]
-        for name in extra_names:
-            if name in _RESERVED_NAMES:
-                raise ValueError(f"the fd name {name!r} is reserved for fdpass itself; pick another name")
+        restart.check_not_reserved(extra_names)
         # A closed fd must be rejected now: the readiness pipes created
         # later could take its number and travel under its name.
         for number, label in zip(extra_numbers, extra_labels, strict=True):

@@ -39,6 +39,7 @@ CASES = {
     "executable is int": (("TypeError",), "executable"),
     "reserved state name": (("ValueError",), "'fdpass-state'"),
     "closed int with state": (("OSError",), "fds[1]"),
+    "reserved upgrade name": (("ValueError",), "'fdpass-ready'"),
     "env name empty": (("ValueError",), "variable name ''"),
     "env value with NUL": (("ValueError",), "'A' has the value 'x\\x00y'"),
 }

@@ -131,8 +131,8 @@ def test_wait_exit_async_wakes_on_stop_from_thread():
 def test_listen_rejects_reserved_name():
     """The fd names fdpass uses for its own pipes cannot name a listener."""
     with fdpass.Upgrader() as upgrader:
-        for name in (upgrade.READY_FD_NAME, upgrade.PARENT_FD_NAME, state.STATE_FD_NAME):
-            with pytest.raises(ValueError, match="reserved"):
+        for name in (upgrade.READY_FD_NAME, upgrade.PARENT_FD_NAME, state.STATE_FD_NAME, "fdpass-standby"):
+            with pytest.raises(ValueError, match="reserves for its own fds"):
                 upgrader.listen(("127.0.0.1", 0), name=name)
 
 

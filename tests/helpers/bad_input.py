@@ -69,6 +69,7 @@ def main() -> None:
         "executable is int": lambda: fdpass.reexec([sock], executable=3),
         "reserved state name": lambda: fdpass.reexec({"fdpass-state": sock}, state=b"x"),
         "closed int with state": lambda: fdpass.reexec([sock, closed_fd()], state=b"x"),
+        "reserved upgrade name": lambda: fdpass.reexec({"web": sock, "fdpass-ready": read_end}),
         "env name empty": lambda: fdpass.reexec([sock], env={"": "x"}),
         "env value with NUL": lambda: fdpass.reexec([sock], env={"A": "x\0y"}),
     }
