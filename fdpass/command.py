@@ -34,9 +34,7 @@ class StartCommand(Frozen):
     env_updates: dict[str, str]
 
     def __init__(self, executable: str, argv: list[str], env_updates: dict[str, str] | None = None) -> None:
-        object.__setattr__(self, "executable", executable)
-        object.__setattr__(self, "argv", argv)
-        object.__setattr__(self, "env_updates", {} if env_updates is None else env_updates)
+        self._store(executable, argv, {} if env_updates is None else env_updates)
 
 
 def _main_module_file() -> str | None:
@@ -134,11 +132,7 @@ class PythonCommand(Frozen):
     args: tuple[str, ...]
 
     def __init__(self, interpreter: str, options: tuple[str, ...], kind: str, target: str, args: tuple[str, ...]):
-        object.__setattr__(self, "interpreter", interpreter)
-        object.__setattr__(self, "options", options)
-        object.__setattr__(self, "kind", kind)
-        object.__setattr__(self, "target", target)
-        object.__setattr__(self, "args", args)
+        self._store(interpreter, options, kind, target, args)
 
 
 def parse_python_argv(argv: list[str]) -> PythonCommand:
