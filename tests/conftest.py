@@ -9,6 +9,7 @@ fails the test with its stderr attached instead of hanging the suite.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import pathlib
@@ -29,6 +30,19 @@ HELPERS = pathlib.Path(__file__).parent / "helpers"
 DEFAULT_TIMEOUT = 20.0
 
 _LISTEN_VARIABLES = ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "LISTEN_PIDFDID")
+
+
+def child_pids() -> set[int]:
+    """Return the PIDs of this process's children, zombies included, from /proc/self/task/*/children."""
+    pids: set[int] = set()
+    for path in glob.glob(f"/proc/{os.getpid()}/task/*/children"):
+        try:
+            with open(path) as stream:
+                pids.update(int(pid) for pid in stream.read().split())
+        except FileNotFoundError:
+            # The thread exited after glob() listed it, and its children moved to another thread.
+            continue
+    return pids
 
 
 def clean_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:

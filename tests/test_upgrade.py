@@ -9,7 +9,6 @@ by PID at teardown.
 from __future__ import annotations
 
 import ctypes
-import glob
 import json
 import os
 import pathlib
@@ -21,21 +20,13 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
-from conftest import clean_environment
+from conftest import child_pids, clean_environment
 
 PR_SET_CHILD_SUBREAPER = 36
 
 #: Seconds to wait for one event from the generations.
 EVENT_TIMEOUT = 20.0
 
-
-def child_pids() -> set[int]:
-    """Return the PIDs of this process's children, from /proc/self/task/*/children."""
-    pids: set[int] = set()
-    for path in glob.glob(f"/proc/{os.getpid()}/task/*/children"):
-        with open(path) as stream:
-            pids.update(int(pid) for pid in stream.read().split())
-    return pids
 
 
 def group_processes(pgid: int) -> list[str]:

@@ -4,23 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
-import glob
 import os
 import socket
 import threading
 
 import pytest
+from conftest import child_pids
 
 import fdpass
 from fdpass import _native, rebuild, state, upgrade
-
-
-def child_pids() -> set[int]:
-    pids: set[int] = set()
-    for path in glob.glob(f"/proc/{os.getpid()}/task/*/children"):
-        with open(path) as stream:
-            pids.update(int(pid) for pid in stream.read().split())
-    return pids
 
 
 @pytest.mark.parametrize("timeout", [0, -1, float("inf"), float("nan")])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import glob
 import json
 import os
 import signal
@@ -14,6 +13,7 @@ import time
 import warnings
 
 import pytest
+from conftest import child_pids
 
 from fdpass import _native
 
@@ -24,14 +24,6 @@ SIGPIPE_BIT = 1 << (signal.SIGPIPE - 1)
 SIGUSR1_BIT = 1 << (signal.SIGUSR1 - 1)
 SIGHUP_BIT = 1 << (signal.SIGHUP - 1)
 
-
-def child_pids() -> set[int]:
-    """Return the PIDs of this process's children, zombies included."""
-    pids: set[int] = set()
-    for path in glob.glob(f"/proc/{os.getpid()}/task/*/children"):
-        with open(path) as stream:
-            pids.update(int(pid) for pid in stream.read().split())
-    return pids
 
 
 def reap(pid: int, timeout: float = 20.0) -> int:
