@@ -645,36 +645,11 @@ int fdpass_inspect(const int *fds, int nfds, struct fdpass_fdinfo *out)
 }
 
 /*
- * Return the index of the first of fds that is closed or has FD_CLOEXEC set,
- * or nfds if every fd is open with FD_CLOEXEC clear, as a passed fd is.
- * F_GETFD reads only the fd table, so this costs a fraction of
- * fdpass_inspect() per fd, and writes nothing per fd. Changes nothing.
- * Async-signal-safe.
- */
-int fdpass_find_unadoptable(const int *fds, int nfds)
-{
-    int i;
-
-    if (nfds < 0 || (nfds > 0 && fds == NULL)) {
-        errno = EINVAL;
-        return -1;
-    }
-
-    for (i = 0; i < nfds; i++) {
-        int flags = fds[i] < 0 ? -1 : fcntl(fds[i], F_GETFD);
-
-        if (flags == -1 || (flags & FD_CLOEXEC))
-            return i;
-    }
-
-    return nfds;
-}
-
-/*
- * fdpass_find_unadoptable() for first_fd .. first_fd + nfds - 1, the layout
- * LISTEN_FDS declares, so the caller builds no array. Returns the offset of
- * the first fd that is closed or has FD_CLOEXEC set, or nfds.
- * Async-signal-safe.
+ * Return the offset of the first of first_fd .. first_fd + nfds - 1 (the
+ * layout LISTEN_FDS declares) that is closed or has FD_CLOEXEC set, or nfds
+ * if every one is open with FD_CLOEXEC clear, as a passed fd is. F_GETFD
+ * reads only the fd table, so this costs a fraction of fdpass_inspect() per
+ * fd. Changes nothing. Async-signal-safe.
  */
 int fdpass_find_unadoptable_range(int first_fd, int nfds)
 {

@@ -24,8 +24,6 @@ int fdpass_exec(const char *path, char *const argv[], char *const envp[],
 
 int fdpass_inspect(const int *fds, int nfds, struct fdpass_fdinfo *out);
 
-int fdpass_find_unadoptable(const int *fds, int nfds);
-
 int fdpass_find_unadoptable_range(int first_fd, int nfds);
 
 int fdpass_split_strings(char *block, int count, char *out[]);

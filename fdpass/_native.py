@@ -178,18 +178,6 @@ def all_adoptable_range(first_fd: int, count: int) -> bool:
     return bool(index == count)
 
 
-def all_adoptable(fds: Sequence[int]) -> bool:
-    """Return True if every fd is open with FD_CLOEXEC clear, with fdpass_find_unadoptable()."""
-    count = len(fds)
-    c_fds = ffi.new("int[]", list(fds))
-
-    index = lib.fdpass_find_unadoptable(c_fds, count)
-    if index == -1:
-        raise_errno(ffi.errno)
-
-    return index == count
-
-
 def inspect(fds: Sequence[int]) -> list[FdInfo]:
     """Describe each fd with fdpass_inspect(). A closed fd gets error=EBADF."""
     columns = inspect_columns(fds)

@@ -197,23 +197,13 @@ def _check_adoptable(columns: dict[str, list[int]], names: Sequence[str]) -> Non
             )
 
 
-def _consecutive(fds: Sequence[int]) -> bool:
-    # protocol.decode() returns range(3, 3 + LISTEN_FDS) as a tuple, so the
-    # C calls below can take a first fd and a count.
-    return bool(fds) and tuple(fds) == tuple(range(fds[0], fds[0] + len(fds)))
-
-
 def _set_cloexec(fds: Sequence[int]) -> None:
-    if _consecutive(fds):
+    # protocol.decode() returns consecutive fds, so one close_range() call
+    # can set FD_CLOEXEC on all of them.
+    if fds and tuple(fds) == tuple(range(fds[0], fds[0] + len(fds))):
         _native.set_cloexec_range(fds[0], len(fds))
     else:
         _native.set_cloexec(fds, True)
-
-
-def _all_adoptable(fds: Sequence[int]) -> bool:
-    if _consecutive(fds):
-        return _native.all_adoptable_range(fds[0], len(fds))
-    return _native.all_adoptable(fds)
 
 
 def _adopt_described_sockets(
@@ -221,14 +211,15 @@ def _adopt_described_sockets(
 ) -> tuple[list[rebuild.FdObject], Callable[[], tuple[rebuild.Description, ...]]] | None:
     """Adopt sockets whose family, type and protocol FDPASS_SOCKETS gives; None if that does not match.
 
-    The kernel is asked only for the fd flags of each fd, and the socket
-    constructor for its family. None means an fd is closed, has FD_CLOEXEC
-    set, is not a socket or has another family, and nothing was adopted.
+    fds is protocol.decode()'s 3, 4, ..., never empty here. The kernel is
+    asked only for the fd flags of each fd, and the socket constructor for its
+    family. None means an fd is closed, has FD_CLOEXEC set, is not a socket or
+    has another family, and nothing was adopted.
     """
     families, types, protocols, nonblocking = specs
 
     # The full inspection in _adopt() raises the error that names the bad fd.
-    if not _all_adoptable(fds):
+    if not _native.all_adoptable_range(fds[0], len(fds)):
         return None
     try:
         sockets = rebuild.rebuild_sockets(fds, families, types, protocols, nonblocking)
