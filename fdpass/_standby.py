@@ -9,8 +9,8 @@ bootstrap from bootstrap_code() imports this module and calls main(), which:
    start puts first on sys.path, puts that entry there, and imports them;
 2. sends back the path, st_mtime_ns and st_size of every module file it
    has loaded and of every .pth file in its sys.path directories, the
-   modules that failed to import, and the fds it holds besides its control
-   socket, so the parent can tell whether it is still fresh;
+   modules that failed to import, and the fds it has open besides its
+   control socket, so the parent can tell whether it is still fresh;
 3. blocks until the parent sends the hand-over: the fds, their names, the
    environment, the working directory and the command line;
 4. puts the fds on 3, 4, ..., closes every other fd above 2, takes the
