@@ -9,7 +9,7 @@ threaded variant), on the interpreter given by --upgrade-python (default:
 this one). The sides are FDPASS_SIDES and tableflip. tableflip from PyPI
 needs Python 3.12 or newer; when that interpreter cannot import it, the
 tableflip side is skipped. For each side the driver starts the first
-generation, keeps one client thread opening a connection and sending one
+generation, keeps one client process opening a connection and sending one
 request at a time, and sends SIGHUP for each round. It waits until the new
 generation is ready and the old one has exited, then --upgrade-interval
 seconds more, before the next round. The sides take turns of BLOCK
@@ -33,16 +33,19 @@ Nothing here asserts a timing.
 
 from __future__ import annotations
 
+import bisect
 import ctypes
 import json
+import math
 import os
 import pathlib
+import random
+import select
 import selectors
 import signal
 import socket
 import statistics
 import subprocess
-import threading
 import time
 from typing import Any
 
@@ -115,81 +118,83 @@ class Server:
 
 
 def wait_gone(pid: int, timeout: float = EVENT_TIMEOUT) -> None:
-    """Reap pid, a child of this process or an orphan adopted by this subreaper."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            done, _ = os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            if not os.path.exists(f"/proc/{pid}"):
-                return
-            done = 0
-        if done:
-            return
-        time.sleep(0.001)
-    raise TimeoutError(f"generation {pid} did not exit within {timeout} s")
+    """Wait until pid exits, then reap it: a child of this process or an orphan adopted by this subreaper.
+
+    A pidfd wakes the driver once, at the exit, where a polling loop would
+    wake it every few milliseconds while the client is being timed.
+    """
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        if not poller.poll(timeout * 1000):
+            raise TimeoutError(f"generation {pid} did not exit within {timeout} s")
+    finally:
+        os.close(pidfd)
+
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
 
 
 class Client:
-    """One thread that sends a request on a new connection, again and again, and times each.
+    """bench/upgrade_client.py in a process of its own: a request on a new connection, again and again.
 
     It sends only while resumed, so one side's client can rest while
-    another side is measured.
+    another side is measured. Its own process keeps the driver's work off
+    the GIL that the timed loop holds.
     """
 
-    MAX_SECONDS = 600.0
-
-    def __init__(self, port: int) -> None:
+    def __init__(self, python: str, port: int) -> None:
+        self.python = python
         self.port = port
         self.latencies: list[float] = []
+        # perf_counter() at the start of each request, for analysis by time.
+        self.starts: list[float] = []
         self.errors: list[str] = []
-        self._stop = threading.Event()
-        self._active = threading.Event()
-        self._idle = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._popen: subprocess.Popen[bytes] | None = None
+
+    def _send(self, command: bytes) -> None:
+        assert self._popen is not None and self._popen.stdin is not None
+        self._popen.stdin.write(command)
+        self._popen.stdin.flush()
 
     def resume(self) -> None:
-        self._idle.clear()
-        self._active.set()
+        self._send(b"r")
 
     def pause(self) -> None:
         """Stop sending and return once the request in flight has finished."""
-        self._active.clear()
-        self._idle.wait(30)
-
-    def _run(self) -> None:
-        deadline = time.monotonic() + self.MAX_SECONDS
-        number = 0
-        while not self._stop.is_set() and time.monotonic() < deadline:
-            if not self._active.is_set():
-                self._idle.set()
-                self._active.wait(0.1)
-                continue
-            number += 1
-            started = time.perf_counter()
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=10) as sock:
-                    sock.sendall(f"request {number}\n".encode())
-                    response = b""
-                    while not response.endswith(b"\n"):
-                        chunk = sock.recv(4096)
-                        if not chunk:
-                            raise ConnectionError(f"closed after {response!r}")
-                        response += chunk
-            except OSError as error:
-                self.errors.append(repr(error))
-                continue
-            self.latencies.append(time.perf_counter() - started)
+        self._send(b"p")
+        assert self._popen is not None and self._popen.stdout is not None
+        if self._popen.stdout.readline() != b"p\n":
+            raise RuntimeError(f"the client on port {self.port} did not confirm the pause")
 
     def __enter__(self) -> Client:
-        self._thread.start()
+        client = pathlib.Path(__file__).with_name("upgrade_client.py")
+        self._popen = subprocess.Popen(
+            [self.python, str(client), str(self.port)], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        )
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        self._stop.set()
-        self._active.set()
-        if self._thread.is_alive():
-            self._thread.join(30)
+        if self._popen is None:
+            return
+        try:
+            self._send(b"q")
+            assert self._popen.stdout is not None
+            report = json.loads(self._popen.stdout.readline() or b"{}")
+            self.latencies = report.get("latencies", [])
+            self.starts = report.get("starts", [])
+            self.errors = report.get("errors", [])
+            self._popen.wait(30)
+        finally:
+            if self._popen.poll() is None:
+                self._popen.kill()
+                self._popen.wait(10)
 
 
 def free_port() -> int:
@@ -204,9 +209,11 @@ class Side:
 
     def __init__(self, python: str, library: str, tmp_path: pathlib.Path) -> None:
         self.library = library
+        # The control side serves with the fdpass server and never upgrades.
+        self.server_library = "fdpass" if library == CONTROL else library
         self.server = self._start(python, tmp_path)
         self.port = self.server.port
-        self.client = Client(self.port)
+        self.client = Client(python, self.port)
         self.upgrade_seconds: list[float] = []
         # From the new generation's ready() call until the old one's upgrade() returned.
         self.ready_delays: list[float] = []
@@ -214,6 +221,10 @@ class Side:
         # which other processes' load does not stretch as it does wall time.
         self.start_cpu_seconds: list[float] = []
         self.failures: list[str] = []
+        # perf_counter() when the client was resumed and when it had paused, per turn.
+        self.turns: list[tuple[float, float]] = []
+        # perf_counter() when each round began: SIGHUP, or for the control side, the same point of its round.
+        self.round_starts: list[float] = []
 
     def _start(self, python: str, tmp_path: pathlib.Path) -> Server:
         """Start the first generation on a free port and wait until it is ready.
@@ -222,7 +233,8 @@ class Side:
         and the server's bind(), so a failed start is retried on another.
         """
         for attempt in range(3):
-            server = Server(python, self.library, free_port(), tmp_path / f"{self.library}-stderr-{attempt}.txt")
+            stderr_path = tmp_path / f"{self.library}-stderr-{attempt}.txt"
+            server = Server(python, self.server_library, free_port(), stderr_path)
             try:
                 server.wait_for("pid", server.current, "ready")
             except EOFError:
@@ -237,7 +249,14 @@ class Side:
         raise RuntimeError(f"the {self.library} server found no free port in 3 attempts")
 
     def upgrade_once(self) -> None:
-        """Send SIGHUP, record the outcome, and wait until the old generation has exited."""
+        """Send SIGHUP, record the outcome, and wait until the old generation has exited.
+
+        The control side does nothing here, so its turns measure the
+        machine with the same client and no upgrade.
+        """
+        self.round_starts.append(time.perf_counter())
+        if self.library == CONTROL:
+            return
         server = self.server
         old = server.current
         os.kill(old, signal.SIGHUP)
@@ -262,6 +281,9 @@ class Side:
             "ready_delays": self.ready_delays,
             "start_cpu_seconds": self.start_cpu_seconds,
             "latencies": self.client.latencies,
+            "starts": self.client.starts,
+            "turns": self.turns,
+            "round_starts": self.round_starts,
             "errors": self.client.errors,
             "failures": self.failures,
         }
@@ -272,6 +294,17 @@ BLOCK = 5
 
 #: The fdpass servers of bench/upgrade_server.py, each compared with tableflip.
 FDPASS_SIDES = ("fdpass", "fdpass-prestart", "fdpass-threads")
+
+#: A side whose server is never upgraded: the client latency this machine gives without upgrades.
+CONTROL = "no-upgrade"
+
+#: Resamples of the turns for the interval around each p99 ratio.
+BOOTSTRAP_RESAMPLES = 200
+
+#: Seconds after each round's start whose requests count as "during the upgrade". It covers
+#: a cold start (about 60 ms), the old generation's 50 ms drain and exit, and a standby's start-up
+#: after that exit, with room for a loaded machine.
+UPGRADE_WINDOW = 0.3
 
 
 def run_interleaved(
@@ -296,6 +329,7 @@ def run_interleaved(
             count = min(BLOCK, rounds - done)
             shift = turn % len(sides)
             for side in sides[shift:] + sides[:shift]:
+                begun = time.perf_counter()
                 side.client.resume()
                 for _ in range(count):
                     side.upgrade_once()
@@ -304,6 +338,7 @@ def run_interleaved(
                     # starting its standby.
                     time.sleep(interval)
                 side.client.pause()
+                side.turns.append((begun, time.perf_counter()))
             done += count
             turn += 1
     finally:
@@ -322,21 +357,102 @@ def percentile(samples: list[float], fraction: float) -> float:
     return ordered[index]
 
 
+def median_ms(samples: list[float]) -> float:
+    """Return the median in ms, or NaN for the control side, which has no upgrades."""
+    return statistics.median(samples) * 1000 if samples else math.nan
+
+
 def summarize(raw: dict[str, Any]) -> dict[str, Any]:
     latencies = raw["latencies"]
     return {
         "upgrades": len(raw["upgrade_seconds"]),
-        "upgrade_median_ms": statistics.median(raw["upgrade_seconds"]) * 1000,
-        "upgrade_max_ms": max(raw["upgrade_seconds"]) * 1000,
-        "ready_to_return_median_ms": statistics.median(raw["ready_delays"]) * 1000,
-        "start_cpu_median_ms": statistics.median(raw["start_cpu_seconds"]) * 1000,
+        "upgrade_median_ms": median_ms(raw["upgrade_seconds"]),
+        "upgrade_max_ms": max(raw["upgrade_seconds"], default=math.nan) * 1000,
+        "ready_to_return_median_ms": median_ms(raw["ready_delays"]),
+        "start_cpu_median_ms": median_ms(raw["start_cpu_seconds"]),
         "requests": len(latencies),
         "errors": len(raw["errors"]),
         "failed_upgrades": len(raw["failures"]),
         "client_p50_ms": percentile(latencies, 0.50) * 1000,
         "client_p99_ms": percentile(latencies, 0.99) * 1000,
         "client_max_ms": max(latencies) * 1000,
+        "window_requests": len(in_windows(raw)),
+        "window_p99_ms": percentile(in_windows(raw), 0.99) * 1000,
     }
+
+
+def in_windows(raw: dict[str, Any]) -> list[float]:
+    """Return the latencies of the requests that started within UPGRADE_WINDOW of a round's start."""
+    return windowed(raw)["latencies"]
+
+
+def windowed(raw: dict[str, Any]) -> dict[str, Any]:
+    """Return raw with only the requests that started within UPGRADE_WINDOW of a round's start."""
+    round_starts = raw["round_starts"]
+    starts = []
+    latencies = []
+    for started, latency in zip(raw["starts"], raw["latencies"], strict=True):
+        index = bisect.bisect_right(round_starts, started) - 1
+        if index >= 0 and started - round_starts[index] < UPGRADE_WINDOW:
+            starts.append(started)
+            latencies.append(latency)
+    return {**raw, "starts": starts, "latencies": latencies}
+
+
+def latencies_by_turn(raw: dict[str, Any]) -> list[list[float]]:
+    """Split a side's latencies into its turns, by the time each request started."""
+    turns: list[list[float]] = [[] for _ in raw["turns"]]
+    ends = [end for _, end in raw["turns"]]
+    for started, latency in zip(raw["starts"], raw["latencies"], strict=True):
+        index = bisect.bisect_left(ends, started)
+        if index < len(turns):
+            turns[index].append(latency)
+    return turns
+
+
+class TurnTails:
+    """Each turn's latencies, sorted, for the p99 of many resamples of the turns.
+
+    A resample's p99 lies in the slowest part of the turns drawn, so each
+    resample first sorts only the slowest tenth of each turn it drew, and
+    sorts everything only when that part turns out too short.
+    """
+
+    TAIL_SHARE = 0.1
+
+    def __init__(self, turns: list[list[float]]) -> None:
+        self.sorted_turns = [sorted(turn) for turn in turns]
+        self.tails = [turn[len(turn) - math.ceil(len(turn) * self.TAIL_SHARE) :] for turn in self.sorted_turns]
+
+    def p99(self, picks: list[int]) -> float:
+        total = sum(len(self.sorted_turns[pick]) for pick in picks)
+        rank = round(0.99 * (total - 1))
+        above = total - 1 - rank
+        tail = sorted(latency for pick in picks for latency in self.tails[pick])
+        if above < len(tail):
+            value = tail[len(tail) - 1 - above]
+            # Exact when every drawn turn's own tail reaches below the value.
+            if all(not self.tails[pick] or self.tails[pick][0] <= value for pick in picks):
+                return value
+        return percentile([latency for pick in picks for latency in self.sorted_turns[pick]], 0.99)
+
+
+def p99_ratio_interval(side: dict[str, Any], baseline: dict[str, Any], seed: int = 1) -> tuple[float, float]:
+    """Return the 2.5th and 97.5th percentiles of p99(side) / p99(baseline) over resampled turns.
+
+    Turn k of both sides ran in the same rotation, so the pairs are drawn
+    together, which keeps slow phases of the machine on both sides of a
+    resample.
+    """
+    side_turns = TurnTails(latencies_by_turn(side))
+    baseline_turns = TurnTails(latencies_by_turn(baseline))
+    pairs = min(len(side_turns.sorted_turns), len(baseline_turns.sorted_turns))
+    generator = random.Random(seed)
+    ratios = []
+    for _ in range(BOOTSTRAP_RESAMPLES):
+        picks = [generator.randrange(pairs) for _ in range(pairs)]
+        ratios.append(side_turns.p99(picks) / baseline_turns.p99(picks))
+    return percentile(ratios, 0.025), percentile(ratios, 0.975)
 
 
 def can_import(python: str, module: str) -> bool:
@@ -368,7 +484,7 @@ def test_upgrade_latency_against_tableflip(
     interval = request.config.getoption("--upgrade-interval")
     if not can_import(python, "fdpass"):
         pytest.skip(f"{python} cannot import fdpass; install it there or pass --upgrade-python")
-    sides = [*FDPASS_SIDES] + (["tableflip"] if can_import(python, "tableflip") else [])
+    sides = [*FDPASS_SIDES, CONTROL] + (["tableflip"] if can_import(python, "tableflip") else [])
 
     raw: dict[str, dict[str, Any]] = {}
 
@@ -380,13 +496,23 @@ def test_upgrade_latency_against_tableflip(
     summary = {library: summarize(samples) for library, samples in raw.items()}
     for library, row in summary.items():
         benchmark.extra_info.update({f"{library}_{key}": value for key, value in row.items()})
+    windows = {library: windowed(samples) for library, samples in raw.items()}
     if "tableflip" in summary:
         baseline = summary["tableflip"]
         for library in FDPASS_SIDES:
             row = summary[library]
             ratio = row["upgrade_median_ms"] / baseline["upgrade_median_ms"]
             benchmark.extra_info[f"{library}_upgrade_median_ratio"] = ratio
-            benchmark.extra_info[f"{library}_client_p99_ratio"] = row["client_p99_ms"] / baseline["client_p99_ms"]
+    for baseline_name in ("tableflip", CONTROL):
+        for library in [*FDPASS_SIDES, "tableflip"]:
+            if library == baseline_name or baseline_name not in summary or library not in summary:
+                continue
+            for metric, samples in (("client_p99", raw), ("window_p99", windows)):
+                key = f"{library}_{metric}_vs_{baseline_name}"
+                benchmark.extra_info[key] = summary[library][f"{metric}_ms"] / summary[baseline_name][f"{metric}_ms"]
+                benchmark.extra_info[f"{key}_interval"] = list(
+                    p99_ratio_interval(samples[library], samples[baseline_name])
+                )
     print_table(python, rounds, interval, summary, benchmark.extra_info)
     for library, samples in raw.items():
         for error in samples["errors"][:5] + samples["failures"][:5]:
@@ -405,6 +531,7 @@ def print_table(
         ("ready_to_return_median_ms", "{:.2f}"), ("start_cpu_median_ms", "{:.1f}"),
         ("requests", "{:d}"), ("errors", "{:d}"), ("failed_upgrades", "{:d}"),
         ("client_p50_ms", "{:.2f}"), ("client_p99_ms", "{:.2f}"), ("client_max_ms", "{:.1f}"),
+        ("window_requests", "{:d}"), ("window_p99_ms", "{:.2f}"),
     ]
     print(f"\nupgrade benchmark: {rounds} upgrades per side, {interval:g} s apart, servers on {python}")
     print("| library | " + " | ".join(name for name, _ in columns) + " |")
@@ -413,7 +540,15 @@ def print_table(
         print(f"| {library} | " + " | ".join(fmt.format(row[name]) for name, fmt in columns) + " |")
     for library in FDPASS_SIDES:
         if f"{library}_upgrade_median_ratio" in extra:
-            print(
-                f"{library} / tableflip: median upgrade latency {extra[f'{library}_upgrade_median_ratio']:.2f}x, "
-                f"client p99 {extra[f'{library}_client_p99_ratio']:.2f}x"
-            )
+            print(f"{library} / tableflip: median upgrade latency {extra[f'{library}_upgrade_median_ratio']:.2f}x")
+    print(f"p99 ratios; in brackets, the 2.5th-97.5th percentile over {BOOTSTRAP_RESAMPLES} resamples of the turns")
+    for baseline_name in ("tableflip", CONTROL):
+        for library in [*FDPASS_SIDES, "tableflip"]:
+            figures = []
+            for metric in ("client_p99", "window_p99"):
+                key = f"{library}_{metric}_vs_{baseline_name}"
+                if key in extra:
+                    low, high = extra[f"{key}_interval"]
+                    figures.append(f"{metric} {extra[key]:.2f}x [{low:.2f}-{high:.2f}]")
+            if figures:
+                print(f"{library} / {baseline_name}: " + ", ".join(figures))
