@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import importlib.util
 import pathlib
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -114,3 +116,20 @@ def test_report_and_plot(benchmark: Any, tmp_path: pathlib.Path) -> None:
         pytest.skip("matplotlib (the plot extra) is not installed")
     benchmarks.write_plot(results, str(plot))
     assert plot.read_bytes().startswith(b"\x89PNG")
+
+
+def test_constructor_cost_script(benchmark: Any) -> None:
+    """bench/constructor_cost.py, which bounds the rebuild ratio, runs and prints its table."""
+    script = pathlib.Path(__file__).with_name("constructor_cost.py")
+
+    result = benchmark.pedantic(
+        subprocess.run,
+        args=([sys.executable, str(script), "--sockets", "50", "--repeats", "1"],),
+        kwargs={"capture_output": True, "text": True, "timeout": 120},
+        rounds=1,
+        iterations=1,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert "| socket.socket(family, type, proto, fd) |" in result.stdout
+    assert "| FD_CLOEXEC scan" in result.stdout
