@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import NoReturn, Protocol, TypeGuard
 
-    from fdpass.addresses import Address
+    from fdpass.addresses import Address, Target
 
     class HasFileno(Protocol):
         def fileno(self) -> int: ...
@@ -98,8 +98,9 @@ class Inherited(Mapping[str, "rebuild.FdObject"]):
 _lock = _thread.RLock()
 _inherited: Inherited | None = None
 _inherit_error: ValueError | None = None
-# Sockets returned by listen(), with the name each one is passed under.
-_listeners: list[tuple[socket.socket, str]] = []
+# Sockets returned by listen(): the socket, the name reexec() passes it under,
+# and whether a listen() call gave that name explicitly.
+_listeners: list[tuple[socket.socket, str, bool]] = []
 
 
 def inherit() -> Inherited:
@@ -274,8 +275,7 @@ def listen(
     Args:
         address: ``(host, port)`` for TCP or UDP over IPv4 or IPv6, a filesystem
             path for a Unix socket, or a str or bytes starting with NUL for a
-            Linux abstract Unix socket. Port 0 matches an inherited socket on
-            any port of that host.
+            Linux abstract Unix socket. Port 0 requests any free port; see below.
         type: socket.SOCK_STREAM, SOCK_DGRAM or SOCK_SEQPACKET.
         backlog: the listen() backlog of a new stream or seqpacket socket;
             None means socket.SOMAXCONN.
@@ -284,6 +284,16 @@ def listen(
             "unknown". A name given for a registered socket replaces its name.
 
     The socket is registered, so reexec() with no fds passes it on.
+
+    With port 0, listen() returns a socket that an earlier call returned only
+    if that call gave the same name explicitly, so
+    ``listen(("127.0.0.1", 0), name="admin")`` twice returns one socket, and
+    two port-0 calls without a name return two. Otherwise it takes an
+    inherited socket on any port of that host that no earlier call returned:
+    with a name, only one inherited under that name, and without one, one
+    inherited as "unknown" before any other. That is how a restarted program
+    gets its port-0 sockets back. If none fits, it binds a new socket on a
+    free port.
 
     Raises:
         TypeError, ValueError: address, type, backlog or name is malformed.
@@ -303,34 +313,75 @@ def listen(
 
     with _lock:
         _prune_closed_listeners()
-        for index, (sock, registered_name) in enumerate(_listeners):
-            if matches_bound_address(sock, target, listening=None):
-                # An explicit name renames the registered socket; reexec() passes it under the latest one.
-                if name is not None and name != registered_name:
-                    _listeners[index] = (sock, name)
-                return sock
+        registered = _find_registered(target, name)
+        if registered is not None:
+            return registered
 
-        for description, obj in zip(inherited.descriptions, inherited.objects, strict=True):
-            if isinstance(obj, socket.socket) and matches_bound_address(obj, target, description.listening):
-                _listeners.append((obj, name or description.name))
+        for description, obj in _unclaimed_inherited(inherited, target, name):
+            if matches_bound_address(obj, target, description.listening):
+                _listeners.append((obj, name or description.name, name is not None))
                 _log.debug("listen(%r) reuses inherited fd %d", address, description.fd)
                 return obj
 
         sock = bind_new_socket(target, backlog)
-        _listeners.append((sock, name or protocol.DEFAULT_NAME))
+        _listeners.append((sock, name or protocol.DEFAULT_NAME, name is not None))
         _log.debug("listen(%r) bound new fd %d", address, sock.fileno())
         return sock
 
 
+def _find_registered(target: Target, name: str | None) -> socket.socket | None:
+    """Return the socket an earlier listen() call returned for target and name, or None.
+
+    A port-0 target matches only a socket registered under the same explicit
+    name, because each port-0 call without one requests its own socket.
+    """
+    from fdpass.addresses import matches_bound_address
+
+    for index, (sock, registered_name, name_given) in enumerate(_listeners):
+        if target.any_port and (name is None or not name_given or name != registered_name):
+            continue
+        if not matches_bound_address(sock, target, listening=None):
+            continue
+
+        # An explicit name renames the registered socket, so reexec() passes it under the latest one.
+        if name is not None and (name != registered_name or not name_given):
+            _listeners[index] = (sock, name, True)
+        return sock
+    return None
+
+
+def _unclaimed_inherited(
+    inherited: Inherited, target: Target, name: str | None
+) -> list[tuple[rebuild.Description, socket.socket]]:
+    """Return the inherited sockets that no listen() call returned, in the order listen() tries them.
+
+    For a port-0 target with a name, only sockets inherited under that name
+    qualify. Without a name, sockets inherited as "unknown" come first: a
+    port-0 call without a name registered its socket under that name, so the
+    same call after a restart gets that socket back before a named one.
+    """
+    claimed = {id(sock) for sock, _, _ in _listeners}
+    candidates = [
+        (description, obj)
+        for description, obj in zip(inherited.descriptions, inherited.objects, strict=True)
+        if isinstance(obj, socket.socket) and id(obj) not in claimed
+    ]
+    if not target.any_port:
+        return candidates
+    if name is not None:
+        return [(description, obj) for description, obj in candidates if description.name == name]
+    return sorted(candidates, key=lambda candidate: candidate[0].name != protocol.DEFAULT_NAME)
+
+
 def _prune_closed_listeners() -> None:
-    _listeners[:] = [(sock, name) for sock, name in _listeners if sock.fileno() != -1]
+    _listeners[:] = [entry for entry in _listeners if entry[0].fileno() != -1]
 
 
 def listeners() -> list[tuple[str, socket.socket]]:
     """Return (name, socket) for every open socket that listen() returned."""
     with _lock:
         _prune_closed_listeners()
-        return [(name, sock) for sock, name in _listeners]
+        return [(name, sock) for sock, name, _ in _listeners]
 
 
 def _describe_item(fds: object, key: object, item: object) -> str:

@@ -225,3 +225,59 @@ def test_listen_again_renames_listener(children):
     assert status == 0, stderr
     assert report["same"] is True
     assert report["names"] == ["b"]
+
+
+@pytest.fixture(scope="module")
+def port_zero_runs(module_children):
+    """Run listen_port_zero.py across one restart and return (fixed port, first report, second report)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        fixed_port = probe.getsockname()[1]
+    child = module_children.helper("listen_port_zero.py", str(fixed_port))
+    first = child.read_json()
+    second = child.read_json()
+    status, _, stderr = child.finish()
+
+    assert status == 0, stderr
+    return fixed_port, first, second
+
+
+def test_port_zero_binds_new_sockets(port_zero_runs):
+    """Each port-0 listen() gets its own socket unless it repeats an explicit name."""
+    fixed_port, first, _ = port_zero_runs
+    ports = first["ports"]
+
+    assert ports["http"] == fixed_port
+    assert ports["admin"] != fixed_port
+    assert first["admin_again_is_admin"] is True
+    assert first["unnamed_two_is_unnamed_one"] is False
+    assert first["upgrader_two_is_upgrader_one"] is False
+    assert len(set(ports.values())) == len(ports), ports
+    assert first["registered"] == sorted(
+        [
+            ["http", fixed_port],
+            ["admin", ports["admin"]],
+            ["metrics", ports["metrics"]],
+            ["unknown", ports["unnamed_one"]],
+            ["unknown", ports["unnamed_two"]],
+            ["unknown", ports["upgrader_one"]],
+            ["unknown", ports["upgrader_two"]],
+        ]
+    )
+
+
+def test_port_zero_after_restart(port_zero_runs):
+    """After reexec(), port-0 calls get back their own inherited sockets, each one once."""
+    fixed_port, first, second = port_zero_runs
+    ports = second["ports"]
+
+    assert ports["http"] == fixed_port
+    assert ports["admin"] == first["ports"]["admin"]
+    assert ports["metrics"] == first["ports"]["metrics"]
+    unnamed_before = {first["ports"]["unnamed_one"], first["ports"]["unnamed_two"]}
+    assert {ports["unnamed_one"], ports["unnamed_two"]} == unnamed_before
+    assert ports["unnamed_one"] != ports["unnamed_two"]
+    assert second["inherited"]["unnamed_three"] is False
+    assert ports["unnamed_three"] not in first["ports"].values()
+    assert len(set(ports.values())) == len(ports), ports
+    assert all(second["inherited"][label] for label in ("admin", "metrics", "unnamed_one", "unnamed_two"))

@@ -56,7 +56,8 @@ def call_listen(address: object, type_name: str, name: str | None) -> dict[str, 
         "type": int(sock.type),
         "sockname": encode_address(sock.getsockname()),
         "listening": bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)),
-        "same_on_second_call": fdpass.listen(decode_address(address), type=TYPES[type_name]) is sock,
+        # Port 0 without a name requests a new socket on each call, so repeat the name.
+        "same_on_second_call": fdpass.listen(decode_address(address), type=TYPES[type_name], name=name) is sock,
         "_object": sock,
     }
 
