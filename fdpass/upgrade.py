@@ -417,8 +417,8 @@ class Upgrader:
 
         try:
             outcome = self._wait_blocking(attempt)
-        except BaseException:
-            self._end_attempt(attempt, kill=True)
+        except BaseException as error:
+            self._abandon_attempt(attempt, error)
             raise
 
         return self._finish_upgrade(attempt, outcome)
@@ -436,8 +436,8 @@ class Upgrader:
 
         try:
             outcome = await self._wait_async(attempt)
-        except BaseException:
-            self._end_attempt(attempt, kill=True)
+        except BaseException as error:
+            self._abandon_attempt(attempt, error)
             raise
 
         return self._finish_upgrade(attempt, outcome)
@@ -620,6 +620,7 @@ class Upgrader:
         ready_read, ready_write = os.pipe()
         parent_read, parent_write = os.pipe()
         state_fd = None
+        reloading_sent = False
         try:
             state_fd = None if state_bytes is None else state_module.create_state_fd(state_bytes)
             passed = [*numbers, ready_write, parent_read]
@@ -632,27 +633,19 @@ class Upgrader:
             envp = restart._encode_environment(environ)
 
             _send_notification(notify.reloading)
-            try:
-                pid, started = self._start_generation(start, environ, path, argv, envp, passed)
-            except BaseException:
+            reloading_sent = True
+            pid, started = self._start_generation(start, environ, path, argv, envp, passed)
+        except BaseException as error:
+            _close_quietly(ready_read)
+            _close_quietly(parent_write)
+            failure = _spawn_failure(error, labels, start.executable)
+            if reloading_sent:
                 # READY=1 ends the reload that RELOADING=1 announced.
                 _send_notification(notify.ready)
+            _log.warning("upgrade failed: %s; PID %d keeps serving", failure or _describe_error(error), os.getpid())
+            if failure is None:
                 raise
-        except _native.SpawnFdError as error:
-            _close_quietly(ready_read)
-            _close_quietly(parent_write)
-            label = labels[error.index] if error.index < len(labels) else "an internal pipe"
-            problem = "is not open" if error.errno == errno_module.EBADF else "is passed twice"
-            raise UpgradeError(f"upgrade not started: {label} {problem}") from error
-        except OSError as error:
-            _close_quietly(ready_read)
-            _close_quietly(parent_write)
-            _log.warning("upgrade failed: could not start %s: %s", start.executable, error)
-            raise UpgradeError(f"could not start the new generation ({start.executable}): {error}") from error
-        except BaseException:
-            _close_quietly(ready_read)
-            _close_quietly(parent_write)
-            raise
+            raise failure from error
         finally:
             _close_quietly(ready_write)
             _close_quietly(parent_read)
@@ -946,6 +939,19 @@ class Upgrader:
             self._upgrading = False
         self._start_standby()
 
+    def _abandon_attempt(self, attempt: _Attempt, error: BaseException) -> None:
+        """End an upgrade that an exception interrupted (cancellation, KeyboardInterrupt) as a timeout ends it."""
+        try:
+            self._end_attempt(attempt, kill=True)
+        finally:
+            _send_notification(notify.ready)
+            _log.warning(
+                "upgrade failed: it was interrupted by %s; new generation PID %d was killed; PID %d keeps serving",
+                _describe_error(error),
+                attempt.pid,
+                os.getpid(),
+            )
+
     def _finish_upgrade(self, attempt: _Attempt, outcome: str) -> int:
         elapsed = time.monotonic() - attempt.started
 
@@ -970,8 +976,11 @@ class Upgrader:
             )
             return attempt.pid
 
-        self._end_attempt(attempt, kill=outcome in ("timeout", "stopped"))
-        _send_notification(notify.ready)
+        try:
+            self._end_attempt(attempt, kill=outcome in ("timeout", "stopped"))
+        finally:
+            # READY=1 ends the reload that RELOADING=1 announced.
+            _send_notification(notify.ready)
         if outcome == "timeout":
             message = (
                 f"new generation PID {attempt.pid} was not ready within upgrade_timeout="
@@ -1018,6 +1027,28 @@ class Upgrader:
             if not self._parent_gone:
                 self._parent_gone = True
                 _log.info("previous generation PID %s has exited", self._parent_pid)
+
+
+def _spawn_failure(error: BaseException, labels: Sequence[str], executable: str) -> UpgradeError | None:
+    """Return the UpgradeError that upgrade() raises for an error from starting the new generation.
+
+    Returns None for an error that upgrade() re-raises unchanged, such as
+    KeyboardInterrupt or an UpgradeError.
+    """
+    if isinstance(error, _native.SpawnFdError):
+        label = labels[error.index] if error.index < len(labels) else "an internal pipe"
+        problem = "is not open" if error.errno == errno_module.EBADF else "is passed twice"
+        return UpgradeError(f"upgrade not started: {label} {problem}")
+    if isinstance(error, OSError):
+        return UpgradeError(f"could not start the new generation ({executable}): {error}")
+    return None
+
+
+def _describe_error(error: BaseException) -> str:
+    if isinstance(error, UpgradeError):
+        return str(error)
+    text = str(error)
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 def _fd_is_open(fd: int) -> bool:
