@@ -151,13 +151,19 @@ def _remove_stale_unix_socket(path: bytes, target: Target) -> None:
             "remove it or pick another path",
         )
 
+    # Non-blocking, because a blocking connect() to a live server whose accept
+    # queue is full waits until that server accepts, which may be never.
     probe = socket.socket(socket.AF_UNIX, target.type)
+    probe.setblocking(False)
     try:
         probe.connect(path)
     except ConnectionRefusedError:
         os.unlink(path)
         _log.info("removed stale Unix socket %s: nothing accepts connections on it", os.fsdecode(path))
         return
+    except BlockingIOError:
+        # EAGAIN or EINPROGRESS: a server listens there and its accept queue is full.
+        pass
     except OSError as error:
         # bind() reports the real problem, if there is one, with the address.
         _log.debug("cannot probe Unix socket %s (%s); binding anyway", os.fsdecode(path), error)

@@ -150,6 +150,39 @@ def test_live_unix_socket_kept(children, tmp_path):
     assert str(path) in result["message"]
 
 
+def test_live_unix_socket_full_queue(children, tmp_path):
+    """A live Unix socket whose accept queue is full raises EADDRINUSE at once instead of blocking in the probe."""
+    path = tmp_path / "busy.sock"
+    clients = []
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as busy:
+        busy.bind(str(path))
+        busy.listen(0)
+        # With backlog 0 the kernel queues one or two connections; 64 attempts is far more than it needs.
+        for _ in range(64):
+            client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            client.setblocking(False)
+            clients.append(client)
+            try:
+                client.connect(str(path))
+            except BlockingIOError:
+                break
+        else:
+            pytest.fail("the accept queue of a listen(0) Unix socket never filled")
+
+        try:
+            first, _, _ = run_cases(children, [["busy", str(path), "stream", None]])
+        finally:
+            for client in clients:
+                client.close()
+
+        assert path.exists()
+    result = first["busy"]
+    assert result["error_type"] == "OSError", result
+    assert result["errno"] == errno.EADDRINUSE
+    assert str(path) in result["message"]
+    assert "another process is accepting connections" in result["message"]
+
+
 def test_unix_path_not_a_socket(children, tmp_path):
     path = tmp_path / "regular-file"
     path.write_text("keep me")
