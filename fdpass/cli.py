@@ -24,7 +24,21 @@ def _run_bench(args: argparse.Namespace) -> int:
     )
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected an integer of at least 1")
+    return value
+
+
 def _fd_counts(text: str) -> list[int]:
+    import resource
+
+    from fdpass.benchmarks import FD_HEADROOM
+
     try:
         counts = [int(part) for part in text.split(",")]
     except ValueError:
@@ -33,6 +47,14 @@ def _fd_counts(text: str) -> list[int]:
         ) from None
     if any(count < 1 for count in counts):
         raise argparse.ArgumentTypeError(f"invalid fd counts {text!r}: each count must be at least 1")
+
+    # Checked here, so that a count no worker can open fails before any measurement starts.
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and max(counts) + FD_HEADROOM > hard:
+        raise argparse.ArgumentTypeError(
+            f"invalid fd counts {text!r}: {max(counts)} fds plus {FD_HEADROOM} for the worker exceed the "
+            f"RLIMIT_NOFILE hard limit of {hard}; pass at most {hard - FD_HEADROOM} or raise the limit (ulimit -Hn)"
+        )
     return counts
 
 
@@ -57,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     demo.add_argument(
-        "--rounds", type=int, default=1, metavar="N",
+        "--rounds", type=_positive_int, default=1, metavar="N",
         help="number of in-place restarts in a row, each with a request in flight (default: 1)",
     )
     demo.set_defaults(handler=_run_demo)
@@ -76,11 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--fd-counts", type=_fd_counts, default=[1, 10, 100, 1000, 10000], metavar="N,N,...",
         help="numbers of sockets to pass (default: 1,10,100,1000,10000)",
     )
-    bench.add_argument("--rounds", type=int, default=3, metavar="N",
+    bench.add_argument("--rounds", type=_positive_int, default=3, metavar="N",
                        help="restarts in a row per worker process (default: 3)")
-    bench.add_argument("--repeats", type=int, default=15, metavar="N",
+    bench.add_argument("--repeats", type=_positive_int, default=15, metavar="N",
                        help="worker processes per mode and fd count, interleaved (default: 15)")
-    bench.add_argument("--import-runs", type=int, default=40, metavar="N",
+    bench.add_argument("--import-runs", type=_positive_int, default=40, metavar="N",
                        help="fresh interpreters per import statement (default: 40)")
     bench.add_argument(
         "--plot", default="fdpass-bench.png", metavar="PATH",

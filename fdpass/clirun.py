@@ -76,9 +76,15 @@ def parse_signal(text: str) -> signal.Signals:
 
 def _parse_listen(text: str) -> cliaddress.ListenSpec:
     try:
-        return cliaddress.parse(text)
+        spec = cliaddress.parse(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
+
+    try:
+        restart.check_not_reserved([spec.name])
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"{text!r}: {error}") from None
+    return spec
 
 
 def _positive_seconds(text: str) -> float:
