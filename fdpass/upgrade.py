@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import atexit
 import errno as errno_module
+import math
 import os
 import select
 import signal
@@ -52,6 +53,10 @@ PARENT_FD_NAME = "fdpass-parent"
 #: The environment variable with the PID of the generation that started this one.
 PARENT_PID_VARIABLE = "FDPASS_PARENT_PID"
 
+
+# poll() takes its timeout in milliseconds as a C int, so a longer wait is
+# split into waits of at most this many milliseconds (about 24.8 days).
+_POLL_MAX_MS = 2**31 - 1
 
 # Seconds between waitpid(WNOHANG) checks when os.pidfd_open() is missing
 # (Linux before 5.3); with a pidfd the wait is woken by the child's exit.
@@ -227,10 +232,7 @@ class Upgrader:
     ) -> None:
         global _active
 
-        if isinstance(upgrade_timeout, bool) or not isinstance(upgrade_timeout, (int, float)):
-            raise TypeError(f"upgrade_timeout must be a number of seconds, not {upgrade_timeout!r}")
-        if not upgrade_timeout > 0 or upgrade_timeout == float("inf"):
-            raise ValueError(f"upgrade_timeout must be a positive, finite number of seconds, not {upgrade_timeout!r}")
+        timeout = _check_timeout(upgrade_timeout, "upgrade_timeout", wait_forever=False)
         if pid_file is not None and not isinstance(pid_file, (str, os.PathLike)):
             raise TypeError(f"pid_file must be a path or None, not {type(pid_file).__name__}")
         prestart_modules: tuple[str, ...] | bool = False
@@ -248,7 +250,9 @@ class Upgrader:
                 )
             _active = self
 
-        self._upgrade_timeout = float(upgrade_timeout)
+        self._upgrade_timeout: float = timeout
+        # Thread.join() and socket timeouts reject values above threading.TIMEOUT_MAX.
+        self._join_timeout = min(timeout, threading.TIMEOUT_MAX)
         self._pid_file = None if pid_file is None else os.path.abspath(os.fspath(pid_file))
         self._lock = threading.Lock()
         self._state = _STARTING
@@ -449,11 +453,30 @@ class Upgrader:
         the requests in flight and exit. Unix socket paths stay in place for
         the new generation.
 
+        Args:
+            timeout: seconds to wait, or None or math.inf to wait without
+                a limit.
+
         Returns:
             True once this generation should exit, False if timeout seconds
             passed first.
+
+        Raises:
+            TypeError, ValueError: timeout is not a number of seconds >= 0
+                or None.
         """
-        return self._exit_event.wait(timeout)
+        limit = _check_timeout(timeout, "wait_exit() timeout", wait_forever=True)
+        if limit == math.inf:
+            return self._exit_event.wait()
+
+        # Event.wait() raises OverflowError above threading.TIMEOUT_MAX.
+        deadline = time.monotonic() + limit
+        while True:
+            remaining = max(0.0, deadline - time.monotonic())
+            if self._exit_event.wait(min(remaining, threading.TIMEOUT_MAX)):
+                return True
+            if remaining <= threading.TIMEOUT_MAX:
+                return False
 
     async def wait_exit_async(self) -> None:
         """Wait, without blocking the event loop, until this generation should exit."""
@@ -481,10 +504,19 @@ class Upgrader:
         the write end is closed, which happens when the parent exits. A
         first generation has no parent and returns True at once.
 
+        Args:
+            timeout: seconds to wait, or None or math.inf to wait without
+                a limit.
+
         Returns:
             True once the parent is gone, False if timeout seconds passed
             first.
+
+        Raises:
+            TypeError, ValueError: timeout is not a number of seconds >= 0
+                or None.
         """
+        limit = _check_timeout(timeout, "wait_for_parent() timeout", wait_forever=True)
         with self._lock:
             if self._parent_gone or self._parent_pipe is None:
                 return True
@@ -494,9 +526,13 @@ class Upgrader:
         # the write end, so EOF comes only once that process has exited too.
         poller = select.poll()
         poller.register(fd, select.POLLIN)
-        timeout_ms = None if timeout is None else max(0, int(timeout * 1000))
-        if not poller.poll(timeout_ms):
-            return False
+        deadline = None if limit == math.inf else time.monotonic() + limit
+        while True:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if poller.poll(None if remaining is None else _poll_milliseconds(remaining)):
+                break
+            if remaining is not None and remaining * 1000 <= _POLL_MAX_MS:
+                return False
 
         self._mark_parent_gone()
         return True
@@ -709,7 +745,7 @@ class Upgrader:
 
         if reason is None:
             try:
-                standby.hand_over(start.argv, environ, cwd, passed, self._upgrade_timeout)
+                standby.hand_over(start.argv, environ, cwd, passed, self._join_timeout)
             except OSError as error:
                 reason = f"the hand-over failed: {error}"
             else:
@@ -765,7 +801,7 @@ class Upgrader:
         # stop() must not wait for it, because the parent may still run.
         thread = self._standby_thread
         if wait_for_thread and thread is not None and thread is not threading.current_thread():
-            thread.join(self._upgrade_timeout)
+            thread.join(self._join_timeout)
         with self._standby_lock:
             standby, self._standby = self._standby, None
         return standby
@@ -791,7 +827,7 @@ class Upgrader:
             # The thread exits right after the previous generation, which
             # upgrade() requires anyway, so this ends soon or upgrade() raises.
             if self._parent_gone or self._poll_parent_gone():
-                await asyncio.to_thread(thread.join, self._upgrade_timeout)
+                await asyncio.to_thread(thread.join, self._join_timeout)
 
         standby = self._standby
         if standby is None or standby.has_report():
@@ -869,8 +905,7 @@ class Upgrader:
                 # A pipe at EOF stays readable; only the exit is left to wait for.
                 poller.unregister(attempt.ready_fd)
                 ready_registered = False
-            # Round up, so a deadline a fraction of a millisecond away does not spin.
-            poller.poll(int(self._wait_timeout(attempt) * 1000) + 1)
+            poller.poll(_poll_milliseconds(self._wait_timeout(attempt)))
 
     async def _wait_async(self, attempt: _Attempt) -> str:
         import asyncio
@@ -1049,6 +1084,43 @@ def _describe_error(error: BaseException) -> str:
         return str(error)
     text = str(error)
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def _check_timeout(value: object, name: str, *, wait_forever: bool) -> float:
+    """Return value as float seconds, math.inf for no limit.
+
+    With wait_forever, None and math.inf mean no limit, and 0 is allowed.
+    Without it, value must be positive and finite.
+
+    Raises:
+        TypeError: value is not an int or float (bool and str included).
+        ValueError: value is NaN, negative, or out of the range above.
+    """
+    if value is None and wait_forever:
+        return math.inf
+    expected = "a number of seconds >= 0, or None" if wait_forever else "a positive, finite number of seconds"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be {expected}, not {value!r} ({type(value).__name__})")
+
+    try:
+        seconds = float(value)
+    except OverflowError:
+        # An int too large for a float.
+        seconds = math.inf if value > 0 else -math.inf
+    if math.isnan(seconds) or seconds < 0 or (not wait_forever and (seconds == 0 or seconds == math.inf)):
+        raise ValueError(f"{name} must be {expected}, not {value!r}")
+    return seconds
+
+
+def _poll_milliseconds(seconds: float) -> int:
+    """Return seconds as a poll() timeout: milliseconds rounded up, at most _POLL_MAX_MS.
+
+    Rounding up keeps a deadline a fraction of a millisecond away from
+    turning into a busy loop of poll(0) calls.
+    """
+    if seconds * 1000 >= _POLL_MAX_MS:
+        return _POLL_MAX_MS
+    return math.ceil(seconds * 1000)
 
 
 def _fd_is_open(fd: int) -> bool:

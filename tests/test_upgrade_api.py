@@ -15,11 +15,46 @@ import fdpass
 from fdpass import _native, rebuild, state, upgrade
 
 
-@pytest.mark.parametrize("timeout", [0, -1, float("inf"), float("nan")])
+@pytest.mark.parametrize("timeout", [0, -1, float("inf"), float("nan"), pytest.param(10**400, id="int-beyond-float")])
 def test_upgrader_rejects_bad_timeout(timeout):
     """A timeout that is not a positive, finite number of seconds raises ValueError naming it."""
     with pytest.raises(ValueError, match="upgrade_timeout"):
         fdpass.Upgrader(upgrade_timeout=timeout)
+
+
+@pytest.mark.parametrize("timeout", [1e300, 3e6, 2**40])
+def test_upgrader_accepts_huge_timeout(timeout):
+    """A finite upgrade_timeout beyond poll()'s range of milliseconds is accepted as is."""
+    with fdpass.Upgrader(upgrade_timeout=timeout) as upgrader:
+        assert upgrader.upgrade_timeout == float(timeout)
+
+
+@pytest.mark.parametrize(
+    ("timeout", "error"),
+    [("1", TypeError), (True, TypeError), (b"1", TypeError), (float("nan"), ValueError), (-1, ValueError)],
+)
+def test_wait_exit_rejects_bad_timeout(timeout, error):
+    """wait_exit() raises TypeError or ValueError naming a timeout that is not seconds >= 0 or None."""
+    with fdpass.Upgrader() as upgrader:
+        with pytest.raises(error, match="wait_exit\\(\\) timeout") as caught:
+            upgrader.wait_exit(timeout)
+
+    assert repr(timeout) in str(caught.value)
+
+
+@pytest.mark.parametrize("timeout", [1e300, float("inf"), None])
+def test_wait_exit_huge_timeout_waits(timeout):
+    """wait_exit() with a timeout beyond threading.TIMEOUT_MAX, or none, waits until stop()."""
+    with fdpass.Upgrader() as upgrader:
+        assert upgrader.wait_exit(0) is False
+        assert upgrader.wait_exit(0.01) is False
+        stopper = threading.Timer(0.05, upgrader.stop)
+        stopper.start()
+        try:
+            assert upgrader.wait_exit(timeout) is True
+        finally:
+            stopper.cancel()
+            stopper.join(10)
 
 
 def test_upgrader_rejects_bad_types():

@@ -10,14 +10,14 @@ import os
 import socket
 
 import pytest
-from conftest import clean_environment
+from conftest import Child, clean_environment
 
 #: Seconds the helper may take to print its outcome.
 OUTCOME_TIMEOUT = 30.0
 
 
-def run_case(children, mode: str, child: str, *extra: str) -> tuple[dict, list[str]]:
-    """Run the helper; return its outcome and the first line of each datagram sent to NOTIFY_SOCKET."""
+def run_case(children, mode: str, child: str, *extra: str) -> tuple[dict, list[str], Child]:
+    """Run the helper; return its outcome, the first line of each datagram sent to NOTIFY_SOCKET, and its Child."""
     name = f"fdpass-test-upgrade-outcome-{os.getpid()}-{os.urandom(4).hex()}"
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as manager:
         manager.bind(b"\0" + name.encode())
@@ -35,7 +35,7 @@ def run_case(children, mode: str, child: str, *extra: str) -> tuple[dict, list[s
                 notifications.append(manager.recv(4096).decode().partition("\n")[0])
             except BlockingIOError:
                 break
-    return outcome, notifications
+    return outcome, notifications, process
 
 
 @pytest.mark.parametrize(
@@ -43,7 +43,7 @@ def run_case(children, mode: str, child: str, *extra: str) -> tuple[dict, list[s
 )
 def test_interrupted_upgrade_ends_reload(children, mode, exception):
     """Cancellation or KeyboardInterrupt kills the new generation, sends READY=1 and logs a warning."""
-    outcome, notifications = run_case(children, mode, "hang")
+    outcome, notifications, _ = run_case(children, mode, "hang")
 
     assert outcome["outcome"] == "raised"
     assert outcome["error"].startswith(exception)
@@ -57,10 +57,42 @@ def test_interrupted_upgrade_ends_reload(children, mode, exception):
 
 def test_timed_out_upgrade_ends_reload(children):
     """A new generation that never calls ready() is killed at upgrade_timeout; READY=1 follows RELOADING=1."""
-    outcome, notifications = run_case(children, "wait", "hang", "0.5")
+    outcome, notifications, _ = run_case(children, "wait", "hang", "0.5")
 
     assert outcome["outcome"] == "raised"
     assert "not ready within upgrade_timeout=0.5 s" in outcome["error"]
     assert outcome["reaped"] is True
     assert notifications == ["READY=1", "RELOADING=1", "READY=1"]
     assert len(outcome["warnings"]) == 1
+
+
+@pytest.mark.parametrize("mode", ["wait", "async"])
+def test_upgrade_with_huge_timeout(children, mode):
+    """An upgrade_timeout beyond poll()'s int range of milliseconds waits for ready() as any other."""
+    outcome, notifications, _ = run_case(children, mode, "ready", "3e6")
+
+    assert outcome["error"] is None
+    assert outcome["outcome"] == "returned"
+    assert outcome["new_pid"] == outcome["probe"]["pid"]
+    assert notifications[:2] == ["READY=1", "RELOADING=1"]
+    assert notifications[2] == f"MAINPID={outcome['new_pid']}"
+    assert outcome["warnings"] == []
+
+
+def test_wait_for_parent_checks_timeout(children):
+    """wait_for_parent() rejects malformed timeouts naming them, and waits with one beyond poll()'s range."""
+    outcome, _, process = run_case(children, "wait", "parent-timeouts")
+    results = outcome["probe"]["results"]
+
+    assert results["'1'"] == (
+        "TypeError: wait_for_parent() timeout must be a number of seconds >= 0, or None, not '1' (str)"
+    )
+    assert results["True"].startswith("TypeError: ")
+    assert results["b'1'"].startswith("TypeError: ")
+    assert results["float('nan')"] == (
+        "ValueError: wait_for_parent() timeout must be a number of seconds >= 0, or None, not nan"
+    )
+    assert results["-1"].startswith("ValueError: ")
+    assert "not -1" in results["-1"]
+    assert results["0"] == "False"
+    assert process.read_json(timeout=OUTCOME_TIMEOUT) == {"event": "parent-gone", "returned": True}

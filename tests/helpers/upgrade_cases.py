@@ -7,6 +7,7 @@ The first generation (this process as the test starts it) listens on
 "probe" pipe to the new generation. MODE is how it runs the upgrade:
 
 - "wait": upgrade(), until it returns or raises.
+- "async": upgrade_async(), until it returns or raises.
 - "cancel": upgrade_async(), cancelled once the new generation has written
   to the probe pipe.
 - "interrupt": upgrade(), interrupted by SIGINT (KeyboardInterrupt) once the
@@ -17,6 +18,10 @@ what CHILD names, then writes one JSON line to the probe pipe:
 
 - "hang": never calls ready().
 - "ready": calls ready().
+- "parent-timeouts": calls ready(), then wait_for_parent() with each
+  timeout in BAD_TIMEOUTS and with 0, and reports what each returned or
+  raised. Once the parent has exited, it prints {"event": "parent-gone"}
+  to stdout, which it shares with the parent, after wait_for_parent(1e7).
 - "stop": calls stop() before ready().
 - "second": calls ready() and stop(), then ready() on a second Upgrader.
 - "second-after-stop": keeps a copy of the readiness pipe open, so the
@@ -45,6 +50,9 @@ from fdpass import upgrade
 
 PROBE_TIMEOUT = 20.0
 
+#: Timeouts that wait_for_parent() must reject, by their repr().
+BAD_TIMEOUTS = ["'1'", "True", "float('nan')", "-1", "b'1'"]
+
 
 def report(probe: int, **fields: object) -> None:
     os.write(probe, (json.dumps({"pid": os.getpid(), **fields}) + "\n").encode())
@@ -58,6 +66,19 @@ def run_new_generation(child: str) -> int:
         upgrader.ready()
         report(probe, step="ready")
         upgrader.wait_for_parent(PROBE_TIMEOUT)
+        return 0
+    if child == "parent-timeouts":
+        upgrader.ready()
+        results = {}
+        for text in BAD_TIMEOUTS:
+            try:
+                results[text] = repr(upgrader.wait_for_parent(eval(text)))
+            except Exception as error:
+                results[text] = f"{type(error).__name__}: {error}"
+        results["0"] = repr(upgrader.wait_for_parent(0))
+        report(probe, step="parent-timeouts", results=results)
+        parent_gone = upgrader.wait_for_parent(1e7)
+        os.write(1, (json.dumps({"event": "parent-gone", "returned": parent_gone}) + "\n").encode())
         return 0
     if child == "stop":
         report(probe, step="stopping")
@@ -137,7 +158,9 @@ def main() -> int:
 
     outcome, error, new_pid = "returned", None, None
     try:
-        if mode == "cancel":
+        if mode == "async":
+            new_pid = asyncio.run(upgrader.upgrade_async(fds={"probe": probe_write}))
+        elif mode == "cancel":
             asyncio.run(cancel_upgrade(upgrader, probe_read, probe_write))
         elif mode == "interrupt":
             threading.Thread(target=interrupt_when_probed, args=(probe_read,), daemon=True).start()
