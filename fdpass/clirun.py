@@ -208,6 +208,10 @@ def find_executable(command: str) -> str:
 
 
 def _bind_error(spec: cliaddress.ListenSpec, error: OSError) -> RunError:
+    if error.errno == errno_module.EADDRINUSE and _is_unix_path(spec.address):
+        # listen() checked the path before bind(), and its message names what is there: a
+        # file that is not a socket, or a socket another process accepts on.
+        return RunError(f"--listen {spec.text}: {error.strerror}", EXIT_BIND_FAILED)
     if error.errno == errno_module.EADDRINUSE:
         return RunError(
             f"--listen {spec.text}: address already in use; stop the program that listens there "
@@ -227,6 +231,10 @@ def _bind_error(spec: cliaddress.ListenSpec, error: OSError) -> RunError:
             EXIT_BIND_FAILED,
         )
     return RunError(f"--listen {spec.text}: cannot bind: {error.strerror or error}", EXIT_BIND_FAILED)
+
+
+def _is_unix_path(address: object) -> bool:
+    return isinstance(address, (str, bytes)) and not os.fsencode(address).startswith(b"\0")
 
 
 def bind_all(specs: list[cliaddress.ListenSpec], backlog: int | None) -> list[tuple[str, socket.socket]]:

@@ -88,6 +88,34 @@ def test_port_in_use_is_reported(children):
     assert "choose another address" in stderr
 
 
+def test_unix_path_not_socket_is_reported(children, tmp_path):
+    """A --listen path that is a regular file gives exit 1 and a "not a socket" message."""
+    path = tmp_path / "plain.txt"
+    path.write_text("not a socket\n")
+    child = children.start(fdpass_run("-l", f"unix:{path}", "--", "true"))
+    status, _, stderr = child.finish()
+
+    assert status == 1
+    assert f"unix:{path}:" in stderr
+    assert "the path exists and is not a socket" in stderr
+    assert "address already in use" not in stderr
+    assert path.read_text() == "not a socket\n"
+
+
+def test_unix_path_in_use_is_reported(children, tmp_path):
+    """A --listen path that another process accepts on gives exit 1 and a message naming that."""
+    path = tmp_path / "live.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as live:
+        live.bind(str(path))
+        live.listen()
+        child = children.start(fdpass_run("-l", f"unix:{path}", "--", "true"))
+        status, _, stderr = child.finish()
+
+    assert status == 1
+    assert f"unix:{path}:" in stderr
+    assert "another process is accepting connections on it" in stderr
+
+
 @pytest.mark.parametrize("value, expected", [
     ("127.0.0.1:99999", "port 99999 is out of range"),
     ("localhost", "missing port"),
