@@ -262,6 +262,14 @@ class Supervisor:
                 self.pending.pid,
             )
             return
+        if self.serving is not None and not self.serving.ready:
+            # This is the first COMMAND, or one that took over when the serving
+            # one exited. It is not ready yet, so a restart now would start a
+            # second COMMAND next to one that is still starting.
+            log.warning(
+                "restart requested while PID %d is still starting; ignored until it is ready", self.serving.pid
+            )
+            return
 
         log.info("restart requested by %s", self.restart_signal.name)
         # systemd 253 and later match RELOADING=1 to the reload by MONOTONIC_USEC.

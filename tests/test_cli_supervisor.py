@@ -113,6 +113,8 @@ def test_ready_after_seconds(children, tmp_path, seen_groups):
     supervisor = start_supervisor(children, tmp_path, "silent", options=("--ready", "0.2"))
     first = supervisor.read_json()
     seen_groups.add(first["pgid"])
+    # A restart signal before the first child is ready would be ignored.
+    wait_for_log(supervisor, f"PID {first['pid']} is ready (still running after 0.2 s)")
     supervisor.popen.send_signal(signal.SIGUSR2)
     second = supervisor.read_json()
     seen_groups.add(second["pgid"])
@@ -180,6 +182,22 @@ def test_restart_while_starting_is_ignored(children, tmp_path, seen_groups):
     wait_for_log(supervisor, f"while PID {starting['pid']} is still starting; ignored")
     supervisor.popen.send_signal(signal.SIGTERM)
     assert supervisor.wait() == 0
+
+
+def test_restart_before_first_ready_ignored(children, tmp_path, seen_groups):
+    """A restart signal before the first child is ready is logged and ignored, and starts no second child."""
+    supervisor = start_supervisor(children, tmp_path, "silent", "ready")
+    first = supervisor.read_json()
+    seen_groups.add(first["pgid"])
+
+    supervisor.popen.send_signal(signal.SIGUSR2)
+    wait_for_log(supervisor, f"while PID {first['pid']} is still starting; ignored")
+    supervisor.popen.send_signal(signal.SIGTERM)
+    assert supervisor.wait() == 0
+
+    # supervised_child.py appends one byte to the counter file per child started.
+    assert (tmp_path / "counter").read_text() == "x"
+    assert "restart requested by SIGUSR2" not in supervisor.stderr_text()
 
 
 def test_sigterm_is_forwarded(children, tmp_path, seen_groups):
