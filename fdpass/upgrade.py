@@ -58,6 +58,12 @@ PARENT_PID_VARIABLE = "FDPASS_PARENT_PID"
 # split into waits of at most this many milliseconds (about 24.8 days).
 _POLL_MAX_MS = 2**31 - 1
 
+# Seconds that upgrade() waits, after EOF on the readiness pipe, for the new
+# generation to exit by itself before it sends SIGKILL. An exiting Python
+# closes its files before it exits, so without this wait a crash before
+# ready() would be reported as SIGKILL instead of its exit status.
+_EOF_EXIT_GRACE = 1.0
+
 # Seconds between waitpid(WNOHANG) checks when os.pidfd_open() is missing
 # (Linux before 5.3); with a pidfd the wait is woken by the child's exit.
 _EXIT_POLL_INTERVAL = 0.05
@@ -100,7 +106,8 @@ class _Attempt:
         self.pidfd = pidfd  # os.pidfd_open(pid), or None without pidfd support
         self.started = started
         self.deadline = deadline
-        self.ready_eof = False
+        # Set when the readiness pipe reads EOF: the end of the wait for the exit.
+        self.eof_deadline: float | None = None
         self.status: int | None = None
 
 
@@ -411,9 +418,10 @@ class Upgrader:
                 generation is not ready, is stopped or already handed over,
                 another upgrade is running, or the previous generation still
                 runs. Or the new generation could not start, exited before
-                ready(), or was not ready within upgrade_timeout and was
-                killed. Or an fd to pass is closed or passed twice, with
-                or without prestart. Either way nothing about this
+                ready(), closed its readiness pipe before ready() (for
+                example by stop()) and was killed, or was not ready within
+                upgrade_timeout and was killed. Or an fd to pass is closed
+                or passed twice, with or without prestart. Either way nothing about this
                 generation changed, and a later upgrade() may succeed.
             TypeError, ValueError: state or fds is malformed.
         """
@@ -854,8 +862,8 @@ class Upgrader:
             stopped.cancel()
 
     def _check_attempt(self, attempt: _Attempt) -> str | None:
-        """Return "ready", "exited", "stopped" or "timeout" once the upgrade has an outcome, else None."""
-        if not attempt.ready_eof:
+        """Return "ready", "exited", "closed", "stopped" or "timeout" once the upgrade has an outcome, else None."""
+        if attempt.eof_deadline is None:
             try:
                 data = os.read(attempt.ready_fd, 64)
             except BlockingIOError:
@@ -863,7 +871,7 @@ class Upgrader:
             else:
                 if data:
                     return "ready"
-                attempt.ready_eof = True
+                attempt.eof_deadline = min(attempt.deadline, time.monotonic() + _EOF_EXIT_GRACE)
 
         try:
             pid, wait_status = os.waitpid(attempt.pid, os.WNOHANG)
@@ -875,6 +883,8 @@ class Upgrader:
         if pid == attempt.pid:
             attempt.status = os.waitstatus_to_exitcode(wait_status)
             return "exited"
+        if attempt.eof_deadline is not None and time.monotonic() >= attempt.eof_deadline:
+            return "closed"
 
         if self._exit_event.is_set():
             return "stopped"
@@ -883,7 +893,8 @@ class Upgrader:
         return None
 
     def _wait_timeout(self, attempt: _Attempt) -> float:
-        remaining = max(0.0, attempt.deadline - time.monotonic())
+        deadline = attempt.deadline if attempt.eof_deadline is None else attempt.eof_deadline
+        remaining = max(0.0, deadline - time.monotonic())
         if attempt.pidfd is None:
             return min(remaining, _EXIT_POLL_INTERVAL)
         return remaining
@@ -901,7 +912,7 @@ class Upgrader:
             outcome = self._check_attempt(attempt)
             if outcome is not None:
                 return outcome
-            if attempt.ready_eof and ready_registered:
+            if attempt.eof_deadline is not None and ready_registered:
                 # A pipe at EOF stays readable; only the exit is left to wait for.
                 poller.unregister(attempt.ready_fd)
                 ready_registered = False
@@ -939,7 +950,7 @@ class Upgrader:
             if not wakeup.done():
                 wakeup.set_result(None)
 
-        watched = [] if attempt.ready_eof else [attempt.ready_fd]
+        watched = [] if attempt.eof_deadline is not None else [attempt.ready_fd]
         if attempt.pidfd is not None:
             watched.append(attempt.pidfd)
         for fd in watched:
@@ -1012,7 +1023,7 @@ class Upgrader:
             return attempt.pid
 
         try:
-            self._end_attempt(attempt, kill=outcome in ("timeout", "stopped"))
+            self._end_attempt(attempt, kill=outcome in ("timeout", "stopped", "closed"))
         finally:
             # READY=1 ends the reload that RELOADING=1 announced.
             _send_notification(notify.ready)
@@ -1020,6 +1031,13 @@ class Upgrader:
             message = (
                 f"new generation PID {attempt.pid} was not ready within upgrade_timeout="
                 f"{self._upgrade_timeout:g} s and was killed"
+            )
+        elif outcome == "closed" and attempt.status in (None, -signal.SIGKILL):
+            # Any other status means the new generation exited by itself
+            # before SIGKILL took effect, and the last branch reports it.
+            message = (
+                f"new generation PID {attempt.pid} closed its readiness pipe before ready() "
+                "(it called stop() or exited) and was killed"
             )
         elif outcome == "stopped":
             message = f"stop() was called during the upgrade; new generation PID {attempt.pid} was killed"

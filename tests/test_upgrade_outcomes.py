@@ -96,3 +96,21 @@ def test_wait_for_parent_checks_timeout(children):
     assert "not -1" in results["-1"]
     assert results["0"] == "False"
     assert process.read_json(timeout=OUTCOME_TIMEOUT) == {"event": "parent-gone", "returned": True}
+
+
+@pytest.mark.parametrize("mode", ["wait", "async"])
+def test_stop_before_ready_fails_upgrade(children, mode):
+    """stop() in the new generation before ready() ends the parent's upgrade() at once; the parent serves on."""
+    outcome, notifications, _ = run_case(children, mode, "stop")
+    new_pid = outcome["probe"]["pid"]
+
+    assert outcome["outcome"] == "raised"
+    assert outcome["error"] == (
+        f"UpgradeError: new generation PID {new_pid} closed its readiness pipe before ready() "
+        "(it called stop() or exited) and was killed"
+    )
+    assert outcome["new_pid"] == new_pid
+    assert outcome["reaped"] is True
+    assert outcome["serving"] is True
+    assert notifications == ["READY=1", "RELOADING=1", "READY=1"]
+    assert len(outcome["warnings"]) == 1

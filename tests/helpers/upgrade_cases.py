@@ -29,8 +29,9 @@ what CHILD names, then writes one JSON line to the probe pipe:
   second Upgrader.
 
 The first generation prints {"outcome", "error", "new_pid", "probe",
-"reaped", "warnings"}: the probe line, whether upgrade() reaped the new
-generation, and the fdpass log records at WARNING or above.
+"reaped", "serving", "warnings"}: the probe line, whether upgrade() reaped
+the new generation, whether wait_exit(0) still returns False, and the
+fdpass log records at WARNING or above.
 """
 
 from __future__ import annotations
@@ -179,7 +180,9 @@ def main() -> int:
             os.waitpid(probe["pid"], os.WNOHANG)
         except ChildProcessError:
             reaped = True
+    serving = not upgrader.wait_exit(0)
     result = {"outcome": outcome, "error": error, "new_pid": new_pid, "probe": probe, "reaped": reaped}
+    result["serving"] = serving
     print(json.dumps({**result, "warnings": warnings}), flush=True)
     return 0
 
