@@ -267,7 +267,25 @@ def bind_all(specs: list[cliaddress.ListenSpec], backlog: int | None) -> list[tu
         fd = protocol.FIRST_FD + len(bound) - 1
         log.info("listening on %s as fd %d, named %r", cliaddress.format_bound(sock), fd, spec.name)
 
+    _close_unmatched_inherited(first_spec)
     return bound
+
+
+def _close_unmatched_inherited(matched: dict[int, cliaddress.ListenSpec]) -> None:
+    # COMMAND gets only the --listen sockets, so an inherited fd that matched
+    # none would stay open in the supervisor for nothing.
+    inherited = restart.inherit()
+    for description, obj in zip(inherited.descriptions, inherited.objects, strict=True):
+        if id(obj) in matched:
+            continue
+        log.info(
+            "inherited fd %d (%s), named %r, matches no --listen; closing it",
+            description.fd, description.kind, description.name,
+        )
+        if isinstance(obj, int):
+            os.close(obj)
+        else:
+            obj.close()
 
 
 def _command_argv(args: argparse.Namespace) -> list[str]:

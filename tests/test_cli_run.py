@@ -202,6 +202,26 @@ def test_run_adopts_socket_from_systemd_socket_activate(children):
     assert report["sockets"][0]["address"] == ["127.0.0.1", port]
 
 
+def test_unmatched_inherited_socket_logged(children):
+    """An inherited socket that matches no --listen is logged with its fd and name, and COMMAND does not get it."""
+    with socket.create_server(("127.0.0.1", 0)) as passed:
+        argv, env = socket_activation(passed, [
+            *fdpass_run("-v", "-l", "web=127.0.0.1:0", "--", sys.executable, str(HELPERS / "report_listen_fds.py")),
+        ])
+        env["LISTEN_FDNAMES"] = "extra"
+        child = children.start(argv, env=clean_environment(env), pass_fds=(passed.fileno(),))
+        passed_port = passed.getsockname()[1]
+    report = child.read_json()
+    status, _, stderr = child.finish()
+
+    assert status == 0, stderr
+    assert "inherited fd 3 (socket" in stderr
+    assert "named 'extra', matches no --listen; closing it" in stderr
+    assert report["env"]["LISTEN_FDS"] == "1"
+    assert report["env"]["LISTEN_FDNAMES"] == "web"
+    assert report["sockets"][0]["address"][1] != passed_port
+
+
 def test_verbose_logs_bound_addresses(children, tmp_path):
     """fdpass run -v logs each bound address, with the port that port 0 picked, and its fd and name."""
     path = tmp_path / "api.sock"
