@@ -75,6 +75,12 @@ _STOPPED = "stopped"
 
 _active_lock = threading.Lock()
 _active: Upgrader | None = None
+# The state (_READY or _STOPPED) of the Upgrader that closed the inherited
+# readiness pipe, or None while the pipe is unused. It outlives that
+# Upgrader, so a later one in the same process can tell what happened.
+_ready_pipe_closed_in: str | None = None
+# The value of PARENT_PID_VARIABLE, which the first Upgrader removes from the environment.
+_inherited_parent_pid: int | None = None
 _exit_hook_registered = False
 
 
@@ -182,9 +188,13 @@ def _parent_pid() -> int:
     The variable is read rather than os.getppid(), which names a reaper
     instead once the parent has exited.
     """
+    global _inherited_parent_pid
+
     text = os.environ.pop(PARENT_PID_VARIABLE, "")
     if text.isascii() and text.isdigit() and int(text) > 0:
-        return int(text)
+        _inherited_parent_pid = int(text)
+    if _inherited_parent_pid is not None:
+        return _inherited_parent_pid
     return os.getppid()
 
 
@@ -278,7 +288,10 @@ class Upgrader:
         self._standby: Standby | None = None
         self._standby_thread: threading.Thread | None = None
 
-        self._ready_pipe = _inherited_pipe(inherited, READY_FD_NAME)
+        ready_pipe = _inherited_pipe(inherited, READY_FD_NAME)
+        # An earlier Upgrader's ready() or stop() closes the inherited pipe.
+        self._ready_pipe_was_closed = ready_pipe is not None and ready_pipe.closed
+        self._ready_pipe = None if self._ready_pipe_was_closed else ready_pipe
         self._parent_pipe = _inherited_pipe(inherited, PARENT_FD_NAME)
         self._parent_pid = _parent_pid() if self._parent_pipe is not None else None
         self._parent_gone = self._parent_pipe is None
@@ -349,23 +362,43 @@ class Upgrader:
         parent, a thread that starts it once the parent has exited. Calling
         it again does nothing.
 
+        If an earlier Upgrader in this process called ready(), the previous
+        generation already has this PID, so this call sends nothing to the
+        readiness pipe or NOTIFY_SOCKET.
+
         Raises:
-            UpgradeError: stop() was called before ready().
+            UpgradeError: stop() was called before ready(). Or, under a
+                parent, the readiness pipe was closed before ready(), for
+                example by an earlier Upgrader's stop() in this process, so
+                the previous generation treats this one as failed.
             OSError: the PID file could not be written. Nothing was
                 written to the readiness pipe, so the previous generation's
                 upgrade() fails.
         """
+        global _ready_pipe_closed_in
+
         with self._lock:
             if self._state in (_READY, _HANDED_OVER):
                 return
             if self._state == _STOPPED:
                 raise UpgradeError("ready() was called after stop(); this generation no longer serves")
+            if self._ready_pipe_was_closed and _ready_pipe_closed_in != _READY:
+                raise UpgradeError(self._closed_ready_pipe_message())
             if self._pid_file is not None:
                 write_pid_file(self._pid_file, os.getpid())
             self._state = _READY
             ready_pipe, self._ready_pipe = self._ready_pipe, None
+            if ready_pipe is not None:
+                _ready_pipe_closed_in = _READY
 
-        self._notify_ready(ready_pipe)
+        if self._ready_pipe_was_closed:
+            _log.info(
+                "generation PID %d is ready; an earlier Upgrader already notified its parent PID %s",
+                os.getpid(),
+                self._parent_pid,
+            )
+        else:
+            self._notify_ready(ready_pipe)
         if self._prestart is False or self._parent_gone:
             self._start_standby()
             return
@@ -381,6 +414,16 @@ class Upgrader:
         # An upgrade() that began once the parent was gone waits for this
         # thread in _take_standby(), so the standby starts for it.
         self._start_standby(during_upgrade=True)
+
+    def _closed_ready_pipe_message(self) -> str:
+        if _ready_pipe_closed_in == _STOPPED:
+            cause = "an earlier Upgrader's stop() in this process closed the readiness pipe before ready()"
+        else:
+            cause = "the readiness pipe was closed before ready(), though no Upgrader closed it"
+        return (
+            f"ready() cannot notify the previous generation (PID {self._parent_pid}): {cause}, "
+            "so that generation treats this one as failed; this process should exit"
+        )
 
     def _notify_ready(self, ready_pipe: IO[bytes] | None) -> None:
         if ready_pipe is None:
@@ -574,7 +617,7 @@ class Upgrader:
         so a waiting parent reads EOF, which tells it this generation gave up.
         Calling it again does nothing.
         """
-        global _active
+        global _active, _ready_pipe_closed_in
 
         # Free the slot first, so that a second stop() that returns early
         # below never leaves it taken while the first one finishes.
@@ -587,6 +630,8 @@ class Upgrader:
                 return
             self._state = _STOPPED
             ready_pipe, self._ready_pipe = self._ready_pipe, None
+            if ready_pipe is not None:
+                _ready_pipe_closed_in = _STOPPED
 
         if ready_pipe is not None:
             ready_pipe.close()

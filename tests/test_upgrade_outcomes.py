@@ -114,3 +114,26 @@ def test_stop_before_ready_fails_upgrade(children, mode):
     assert outcome["serving"] is True
     assert notifications == ["READY=1", "RELOADING=1", "READY=1"]
     assert len(outcome["warnings"]) == 1
+
+
+def test_second_upgrader_after_ready(children):
+    """A second Upgrader after the first one's ready() and stop() can call ready(); the parent upgraded once."""
+    outcome, notifications, _ = run_case(children, "wait", "second")
+
+    assert outcome["error"] is None
+    assert outcome["new_pid"] == outcome["probe"]["pid"]
+    assert outcome["probe"]["error"] is None
+    assert notifications == ["READY=1", "RELOADING=1", f"MAINPID={outcome['new_pid']}"]
+
+
+def test_second_upgrader_after_stop(children):
+    """After stop() before ready() closed the readiness pipe, a second Upgrader's ready() raises UpgradeError."""
+    outcome, _, process = run_case(children, "wait", "second-after-stop", "1")
+
+    assert outcome["outcome"] == "raised"
+    assert outcome["probe"]["error"].startswith(
+        f"UpgradeError: ready() cannot notify the previous generation (PID {process.pid}): "
+    )
+    assert "an earlier Upgrader's stop() in this process closed the readiness pipe before ready()" in (
+        outcome["probe"]["error"]
+    )
