@@ -129,31 +129,68 @@ def _describe_status(status: int | None) -> str:
     return f"exited with status {status}"
 
 
+def _check_pid_file(path: object) -> str:
+    """Return path as an absolute str path, or raise TypeError or ValueError naming it."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"pid_file must be a path or None, not {type(path).__name__}")
+    text = os.fspath(path)
+    if not isinstance(text, str):
+        raise TypeError(f"pid_file must be a str path, not {text!r}")
+    if not text:
+        raise ValueError("pid_file must be a path to a file, not an empty string")
+    if "\0" in text:
+        raise ValueError(f"pid_file must not contain a NUL byte: {text!r}")
+    return os.path.abspath(text)
+
+
 def write_pid_file(path: str, pid: int) -> None:
     """Write pid to path atomically: a temporary file in the same directory, then rename().
 
     A reader sees either the old content or the new one, never a partial
-    write. An OSError names path, not the temporary file.
+    write. An OSError names path, not the temporary file, and says what
+    to check.
     """
+    path = _check_pid_file(path)
     directory, name = os.path.split(path)
     # The PID and random bytes keep concurrent writers from sharing a name.
     temporary = os.path.join(directory, f".{name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
     try:
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
     except OSError as error:
-        raise OSError(
-            error.errno, f"cannot write the PID file: {error.strerror}; check that its directory exists", path
-        ) from None
+        raise _pid_file_error(error, path) from None
     try:
         os.write(fd, f"{pid}\n".encode())
         os.close(fd)
         fd = -1
         os.replace(temporary, path)
+    except OSError as error:
+        _remove_temporary(fd, temporary)
+        raise _pid_file_error(error, path) from None
     except BaseException:
-        if fd >= 0:
-            os.close(fd)
-        os.unlink(temporary)
+        _remove_temporary(fd, temporary)
         raise
+
+
+def _pid_file_error(error: OSError, path: str) -> OSError:
+    """Return error as an OSError of the same class that names path and says what to check."""
+    if error.errno == errno_module.ENOENT:
+        hint = "; check that its directory exists"
+    elif error.errno in (errno_module.EACCES, errno_module.EPERM):
+        hint = f"; check that this user (UID {os.geteuid()}) may create files in its directory"
+    elif error.errno == errno_module.EISDIR:
+        hint = "; pid_file must name a file, not a directory"
+    else:
+        hint = ""
+    return OSError(error.errno, f"cannot write the PID file: {error.strerror}{hint}", path)
+
+
+def _remove_temporary(fd: int, temporary: str) -> None:
+    if fd >= 0:
+        os.close(fd)
+    try:
+        os.unlink(temporary)
+    except FileNotFoundError:
+        pass
 
 
 def _send_notification(send: Callable[..., bool], *args: Any) -> None:
@@ -234,7 +271,8 @@ class Upgrader:
 
     Raises:
         TypeError, ValueError: an argument is malformed, for example prestart
-            is not a bool or a list of module names.
+            is not a bool or a list of module names, or pid_file is empty
+            or contains a NUL byte.
         UpgradeError: another Upgrader is active in this process.
         ValueError: the inherited LISTEN_* variables are malformed, as
             fdpass.inherit() raises.
@@ -250,8 +288,7 @@ class Upgrader:
         global _active
 
         timeout = _check_timeout(upgrade_timeout, "upgrade_timeout", wait_forever=False)
-        if pid_file is not None and not isinstance(pid_file, (str, os.PathLike)):
-            raise TypeError(f"pid_file must be a path or None, not {type(pid_file).__name__}")
+        pid_path = None if pid_file is None else _check_pid_file(pid_file)
         prestart_modules: tuple[str, ...] | bool = False
         if prestart is not False:
             from fdpass import prestart as prestart_module
@@ -270,7 +307,7 @@ class Upgrader:
         self._upgrade_timeout: float = timeout
         # Thread.join() and socket timeouts reject values above threading.TIMEOUT_MAX.
         self._join_timeout = min(timeout, threading.TIMEOUT_MAX)
-        self._pid_file = None if pid_file is None else os.path.abspath(os.fspath(pid_file))
+        self._pid_file = pid_path
         self._lock = threading.Lock()
         self._state = _STARTING
         self._attempt: _Attempt | None = None
@@ -371,7 +408,8 @@ class Upgrader:
                 parent, the readiness pipe was closed before ready(), for
                 example by an earlier Upgrader's stop() in this process, so
                 the previous generation treats this one as failed.
-            OSError: the PID file could not be written. Nothing was
+            OSError: the PID file could not be written. The error names
+                pid_file and the likely cause. Nothing was
                 written to the readiness pipe, so the previous generation's
                 upgrade() fails.
         """

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import os
+import shutil
 import socket
+import tempfile
 import threading
 
 import pytest
@@ -231,3 +233,66 @@ def test_pid_file_error_names_pid_file(tmp_path):
 
     assert caught.value.filename == str(path)
     assert "directory exists" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("pid_file", "error", "message"),
+    [
+        ("", ValueError, "pid_file must be a path to a file, not an empty string"),
+        ("run/a\0b.pid", ValueError, "pid_file must not contain a NUL byte: 'run/a\\x00b.pid'"),
+        (b"server.pid", TypeError, "pid_file must be a path or None, not bytes"),
+    ],
+)
+def test_upgrader_rejects_bad_pid_file(pid_file, error, message):
+    """The constructor rejects an empty pid_file or one with a NUL byte, naming the value."""
+    with pytest.raises(error) as caught:
+        fdpass.Upgrader(pid_file=pid_file)
+
+    assert str(caught.value) == message
+
+
+def test_pid_file_directory_names_path(tmp_path):
+    """A pid_file that is a directory fails in ready() with an error naming it, and leaves no temporary file."""
+    directory = tmp_path / "server.pid"
+    directory.mkdir()
+
+    with fdpass.Upgrader(pid_file=directory) as upgrader:
+        with pytest.raises(IsADirectoryError) as caught:
+            upgrader.ready()
+
+    assert caught.value.filename == str(directory)
+    assert "pid_file must name a file, not a directory" in str(caught.value)
+    assert os.listdir(tmp_path) == ["server.pid"]
+
+
+def test_pid_file_permission_error_hint(children):
+    """A PID file in a directory this user may not write to names the path and the permission problem."""
+    top = tempfile.mkdtemp(prefix="fdpass-test-pid-file-")
+    try:
+        os.chmod(top, 0o755)
+        locked = os.path.join(top, "locked")
+        os.mkdir(locked, 0o555)
+        path = os.path.join(locked, "server.pid")
+        # root may write anywhere, so a child started as root switches to
+        # the user nobody (UID 65534) once it has imported fdpass, and then writes.
+        code = (
+            "import json, os, sys\n"
+            "from fdpass import upgrade\n"
+            "if os.geteuid() == 0:\n"
+            "    os.setgroups([])\n"
+            "    os.setgid(65534)\n"
+            "    os.setuid(65534)\n"
+            "try:\n"
+            "    upgrade.write_pid_file(sys.argv[1], 1234)\n"
+            "except OSError as error:\n"
+            "    print(json.dumps([type(error).__name__, error.filename, str(error)]))\n"
+        )
+        child = children.python("-c", code, path)
+        kind, filename, message = child.read_json()
+    finally:
+        shutil.rmtree(top)
+
+    assert kind == "PermissionError"
+    assert filename == path
+    assert "may create files in its directory" in message
+    assert "directory exists" not in message
