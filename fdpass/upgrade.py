@@ -147,8 +147,8 @@ def write_pid_file(path: str, pid: int) -> None:
     """Write pid to path atomically: a temporary file in the same directory, then rename().
 
     A reader sees either the old content or the new one, never a partial
-    write. An OSError names path, not the temporary file, and says what
-    to check.
+    write. An OSError names path, not the temporary file, and a likely
+    cause.
     """
     path = _check_pid_file(path)
     directory, name = os.path.split(path)
@@ -172,7 +172,7 @@ def write_pid_file(path: str, pid: int) -> None:
 
 
 def _pid_file_error(error: OSError, path: str) -> OSError:
-    """Return error as an OSError of the same class that names path and says what to check."""
+    """Return error as an OSError of the same class that names path and a likely cause."""
     if error.errno == errno_module.ENOENT:
         hint = "; check that its directory exists"
     elif error.errno in (errno_module.EACCES, errno_module.EPERM):
@@ -504,7 +504,8 @@ class Upgrader:
                 upgrade_timeout and was killed. Or an fd to pass is closed
                 or passed twice, with or without prestart. Either way nothing about this
                 generation changed, and a later upgrade() may succeed.
-            TypeError, ValueError: state or fds is malformed.
+            TypeError, ValueError: state or fds is malformed, or a name in
+                fds is also the name of a socket from listen().
         """
         attempt = self._begin_upgrade(state, fds)
 
@@ -704,6 +705,7 @@ class Upgrader:
         extra_numbers, extra_names = extra.numbers, extra.names
         extra_labels = [extra.label(index) for index in range(len(extra_numbers))]
         restart.check_not_reserved(extra_names)
+        _check_not_listener_names(extra_names, extra_labels)
         # A closed fd must be rejected now: the readiness pipes created
         # later could take its number and travel under its name.
         for number, label in zip(extra_numbers, extra_labels, strict=True):
@@ -733,6 +735,7 @@ class Upgrader:
     ) -> _Attempt:
         listeners = restart.listeners()
         numbers = [sock.fileno() for _, sock in listeners] + extra_numbers
+        _log_unpassed_sockets(numbers)
         names = [name for name, _ in listeners] + extra_names
         labels = [f"listener {name!r} ({sock!r})" for name, sock in listeners] + extra_labels
 
@@ -765,7 +768,7 @@ class Upgrader:
         except BaseException as error:
             _close_quietly(ready_read)
             _close_quietly(parent_write)
-            failure = _spawn_failure(error, labels, start.executable)
+            failure = _spawn_failure(error, numbers, labels, len(listeners), start.executable)
             if reloading_sent:
                 # READY=1 ends the reload that RELOADING=1 announced.
                 _send_notification(notify.ready)
@@ -1165,19 +1168,66 @@ class Upgrader:
                 _log.info("previous generation PID %s has exited", self._parent_pid)
 
 
-def _spawn_failure(error: BaseException, labels: Sequence[str], executable: str) -> UpgradeError | None:
+def _spawn_failure(
+    error: BaseException, numbers: Sequence[int], labels: Sequence[str], listener_count: int, executable: str
+) -> UpgradeError | None:
     """Return the UpgradeError that upgrade() raises for an error from starting the new generation.
 
+    numbers and labels list the listener_count listeners, then the fds from
+    upgrade(fds=...).
     Returns None for an error that upgrade() re-raises unchanged, such as
     KeyboardInterrupt or an UpgradeError.
     """
     if isinstance(error, _native.SpawnFdError):
-        label = labels[error.index] if error.index < len(labels) else "an internal pipe"
-        problem = "is not open" if error.errno == errno_module.EBADF else "is passed twice"
-        return UpgradeError(f"upgrade not started: {label} {problem}")
+        if error.index >= len(labels):
+            problem = "not open" if error.errno == errno_module.EBADF else "passed twice"
+            return UpgradeError(f"upgrade not started: an internal pipe is {problem}")
+        label = labels[error.index]
+        if error.errno == errno_module.EBADF:
+            return UpgradeError(f"upgrade not started: {label} is not open")
+        # The index is that of the second of two equal fds, so the message also names the first.
+        fd = numbers[error.index]
+        first = numbers.index(fd)
+        hint = ""
+        if first < listener_count:
+            hint = "; every socket from listen() is passed already, so leave it out of fds"
+        return UpgradeError(f"upgrade not started: {label} is passed twice: fd {fd} is also {labels[first]}{hint}")
     if isinstance(error, OSError):
         return UpgradeError(f"could not start the new generation ({executable}): {error}")
     return None
+
+
+def _check_not_listener_names(names: Sequence[str], labels: Sequence[str]) -> None:
+    """Raise ValueError if one of names, from upgrade(fds=...), is also a listener's name.
+
+    The new generation would get both fds under one name, so listen() and
+    inherit()[name] would reach only the first, and the other only through
+    getall().
+    """
+    listener_names = dict(restart.listeners())
+    for name, label in zip(names, labels, strict=True):
+        if name in listener_names:
+            raise ValueError(
+                f"upgrade not started: {label} has the name of listener {name!r} "
+                f"({listener_names[name]!r}); pass it under another name"
+            )
+
+
+def _log_unpassed_sockets(passed: Sequence[int]) -> None:
+    """Log, at INFO, each inherited socket that is not in passed, because listen() never returned it."""
+    if not _log.enabled(_log.INFO):
+        return
+
+    inherited = restart.inherit()
+    passed_set = set(passed)
+    for description, obj in zip(inherited.descriptions, inherited.objects, strict=True):
+        if isinstance(obj, socket.socket) and obj.fileno() != -1 and obj.fileno() not in passed_set:
+            _log.info(
+                "upgrade does not pass inherited socket fd %d (name %r) to the new generation, because listen() "
+                "never returned it; call listen() for it, or pass it with upgrade(fds=...)",
+                description.fd,
+                description.name,
+            )
 
 
 def _describe_error(error: BaseException) -> str:

@@ -6,24 +6,47 @@ manager received, and what fdpass logged at WARNING.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
+import sys
 
 import pytest
-from conftest import Child, clean_environment
+from conftest import HELPERS, Child, clean_environment
 
 #: Seconds the helper may take to print its outcome.
 OUTCOME_TIMEOUT = 30.0
 
 
-def run_case(children, mode: str, child: str, *extra: str) -> tuple[dict, list[str], Child]:
-    """Run the helper; return its outcome, the first line of each datagram sent to NOTIFY_SOCKET, and its Child."""
+def run_case(
+    children, mode: str, child: str, *extra: str, inherited: dict[str, socket.socket] | None = None
+) -> tuple[dict, list[str], Child]:
+    """Run the helper; return its outcome, the first line of each datagram sent to NOTIFY_SOCKET, and its Child.
+
+    inherited maps names to sockets that the helper inherits on fds 3, 4, ...
+    with LISTEN_* set, as from a service manager.
+    """
     name = f"fdpass-test-upgrade-outcome-{os.getpid()}-{os.urandom(4).hex()}"
+    env = clean_environment({"NOTIFY_SOCKET": "@" + name})
+    command = [HELPERS / "upgrade_cases.py", mode, child, *extra]
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as manager:
         manager.bind(b"\0" + name.encode())
-        process = children.helper(
-            "upgrade_cases.py", mode, child, *extra, env=clean_environment({"NOTIFY_SOCKET": "@" + name})
-        )
+        if inherited:
+            sockets = list(inherited.values())
+            config = {
+                "layout": {str(3 + index): sock.fileno() for index, sock in enumerate(sockets)},
+                "env": {"LISTEN_FDS": str(len(sockets)), "LISTEN_PID": "$PID", "LISTEN_FDNAMES": ":".join(inherited)},
+            }
+            process = children.python(
+                HELPERS / "listen_launcher.py",
+                json.dumps(config),
+                sys.executable,
+                *command,
+                env=env,
+                pass_fds=[sock.fileno() for sock in sockets],
+            )
+        else:
+            process = children.python(*command, env=env)
         outcome = process.read_json(timeout=OUTCOME_TIMEOUT)
 
         # The helper printed its outcome after upgrade() ended, so every
@@ -137,3 +160,40 @@ def test_second_upgrader_after_stop(children):
     assert "an earlier Upgrader's stop() in this process closed the readiness pipe before ready()" in (
         outcome["probe"]["error"]
     )
+
+
+def test_unclaimed_inherited_socket_is_logged(children):
+    """An inherited socket that listen() never returned is not passed on, and upgrade() logs it at INFO."""
+    web = socket.create_server(("127.0.0.1", 0))
+    other = socket.create_server(("127.0.0.1", 0))
+    with web, other:
+        outcome, _, _ = run_case(children, "wait", "ready", inherited={"web": web, "other": other})
+
+    assert outcome["error"] is None
+    assert "other" not in outcome["probe"]["names"]
+    unpassed = [message for message in outcome["info"] if "does not pass inherited socket" in message]
+    assert any("fd 4 (name 'other')" in message for message in unpassed), outcome["info"]
+    assert all("listen() never returned it" in message for message in unpassed)
+
+
+def test_fds_name_of_listener_rejected(children):
+    """upgrade(fds=...) with a listener's name raises ValueError naming both, and starts nothing."""
+    outcome, notifications, _ = run_case(children, "name-of-listener", "hang")
+
+    assert outcome["error"].startswith("ValueError: upgrade not started: fd 'http' (<socket.socket ")
+    assert "has the name of listener 'http' (<socket.socket " in outcome["error"]
+    assert outcome["probe"] is None
+    assert notifications == ["READY=1"]
+
+
+def test_listener_passed_twice_names_it(children):
+    """A listener passed again in fds raises UpgradeError naming that listener."""
+    outcome, notifications, _ = run_case(children, "listener-twice", "hang")
+
+    assert outcome["error"].startswith("UpgradeError: upgrade not started: fd 'admin' (<socket.socket ")
+    assert "is passed twice: fd " in outcome["error"]
+    assert "is also listener 'http' (<socket.socket " in outcome["error"]
+    assert outcome["error"].endswith("every socket from listen() is passed already, so leave it out of fds")
+    assert outcome["probe"] is None
+    assert notifications == ["READY=1", "RELOADING=1", "READY=1"]
+    assert len(outcome["warnings"]) == 1

@@ -3,7 +3,7 @@
 Usage: upgrade_cases.py MODE CHILD [UPGRADE_TIMEOUT]
 
 The first generation (this process as the test starts it) listens on
-127.0.0.1, calls ready() and runs one upgrade, passing the write end of a
+127.0.0.1 under the name "http", calls ready() and runs one upgrade, passing the write end of a
 "probe" pipe to the new generation. MODE is how it runs the upgrade:
 
 - "wait": upgrade(), until it returns or raises.
@@ -12,12 +12,15 @@ The first generation (this process as the test starts it) listens on
   to the probe pipe.
 - "interrupt": upgrade(), interrupted by SIGINT (KeyboardInterrupt) once the
   new generation has written to the probe pipe.
+- "name-of-listener": upgrade() with another socket in fds under "http",
+  the name of the listener.
+- "listener-twice": upgrade() with the listener in fds under "admin".
 
 The new generation (the same command line, started by upgrade()) does
 what CHILD names, then writes one JSON line to the probe pipe:
 
 - "hang": never calls ready().
-- "ready": calls ready().
+- "ready": calls ready() and reports the names of the fds it inherited.
 - "parent-timeouts": calls ready(), then wait_for_parent() with each
   timeout in BAD_TIMEOUTS and with 0, and reports what each returned or
   raised. Once the parent has exited, it prints {"event": "parent-gone"}
@@ -29,9 +32,9 @@ what CHILD names, then writes one JSON line to the probe pipe:
   second Upgrader.
 
 The first generation prints {"outcome", "error", "new_pid", "probe",
-"reaped", "serving", "warnings"}: the probe line, whether upgrade() reaped
-the new generation, whether wait_exit(0) still returns False, and the
-fdpass log records at WARNING or above.
+"reaped", "serving", "warnings", "info"}: the probe line, whether upgrade()
+reaped the new generation, whether wait_exit(0) still returns False, and
+the messages of the fdpass log records at WARNING or above and at INFO.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ import logging
 import os
 import select
 import signal
+import socket
 import sys
 import threading
 import time
@@ -65,7 +69,7 @@ def run_new_generation(child: str) -> int:
 
     if child == "ready":
         upgrader.ready()
-        report(probe, step="ready")
+        report(probe, step="ready", names=sorted(fdpass.inherit()))
         upgrader.wait_for_parent(PROBE_TIMEOUT)
         return 0
     if child == "parent-timeouts":
@@ -146,14 +150,15 @@ def main() -> int:
     if upgrade.PARENT_PID_VARIABLE in os.environ:
         return run_new_generation(child)
 
-    warnings: list[str] = []
-    handler = logging.Handler(logging.WARNING)
-    handler.emit = lambda record: warnings.append(record.getMessage())  # type: ignore[method-assign]
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = records.append  # type: ignore[method-assign]
     logging.getLogger("fdpass").addHandler(handler)
+    logging.getLogger("fdpass").setLevel(logging.INFO)
 
     upgrade_timeout = float(sys.argv[3]) if len(sys.argv) > 3 else PROBE_TIMEOUT
     upgrader = fdpass.Upgrader(upgrade_timeout=upgrade_timeout)
-    upgrader.listen(("127.0.0.1", 0))
+    listener = upgrader.listen(("127.0.0.1", 0), name="http")
     upgrader.ready()
     probe_read, probe_write = os.pipe()
 
@@ -163,6 +168,11 @@ def main() -> int:
             new_pid = asyncio.run(upgrader.upgrade_async(fds={"probe": probe_write}))
         elif mode == "cancel":
             asyncio.run(cancel_upgrade(upgrader, probe_read, probe_write))
+        elif mode == "name-of-listener":
+            with socket.create_server(("127.0.0.1", 0)) as other:
+                new_pid = upgrader.upgrade(fds={"probe": probe_write, "http": other})
+        elif mode == "listener-twice":
+            new_pid = upgrader.upgrade(fds={"probe": probe_write, "admin": listener})
         elif mode == "interrupt":
             threading.Thread(target=interrupt_when_probed, args=(probe_read,), daemon=True).start()
             new_pid = upgrader.upgrade(fds={"probe": probe_write})
@@ -183,7 +193,9 @@ def main() -> int:
     serving = not upgrader.wait_exit(0)
     result = {"outcome": outcome, "error": error, "new_pid": new_pid, "probe": probe, "reaped": reaped}
     result["serving"] = serving
-    print(json.dumps({**result, "warnings": warnings}), flush=True)
+    warnings = [record.getMessage() for record in records if record.levelno >= logging.WARNING]
+    info = [record.getMessage() for record in records if record.levelno == logging.INFO]
+    print(json.dumps({**result, "warnings": warnings, "info": info}), flush=True)
     return 0
 
 
