@@ -556,17 +556,9 @@ class Upgrader:
                 or None.
         """
         limit = _check_timeout(timeout, "wait_exit() timeout", wait_forever=True)
-        if limit == math.inf:
-            return self._exit_event.wait()
 
         # Event.wait() raises OverflowError above threading.TIMEOUT_MAX.
-        deadline = time.monotonic() + limit
-        while True:
-            remaining = max(0.0, deadline - time.monotonic())
-            if self._exit_event.wait(min(remaining, threading.TIMEOUT_MAX)):
-                return True
-            if remaining <= threading.TIMEOUT_MAX:
-                return False
+        return _wait_in_pieces(self._exit_event.wait, limit, threading.TIMEOUT_MAX)
 
     async def wait_exit_async(self) -> None:
         """Wait, without blocking the event loop, until this generation should exit."""
@@ -616,13 +608,12 @@ class Upgrader:
         # the write end, so EOF comes only once that process has exited too.
         poller = select.poll()
         poller.register(fd, select.POLLIN)
-        deadline = None if limit == math.inf else time.monotonic() + limit
-        while True:
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if poller.poll(None if remaining is None else _poll_milliseconds(remaining)):
-                break
-            if remaining is not None and remaining * 1000 <= _POLL_MAX_MS:
-                return False
+
+        def poll_once(seconds: float | None) -> bool:
+            return bool(poller.poll(None if seconds is None else _poll_milliseconds(seconds)))
+
+        if not _wait_in_pieces(poll_once, limit, _POLL_MAX_MS / 1000):
+            return False
 
         self._mark_parent_gone()
         return True
@@ -1261,6 +1252,24 @@ def _check_timeout(value: object, name: str, *, wait_forever: bool) -> float:
     if math.isnan(seconds) or seconds < 0 or (not wait_forever and (seconds == 0 or seconds == math.inf)):
         raise ValueError(f"{name} must be {expected}, not {value!r}")
     return seconds
+
+
+def _wait_in_pieces(wait: Callable[[float | None], bool], limit: float, longest: float) -> bool:
+    """Call wait(seconds) until it returns True or limit seconds have passed, and return the last result.
+
+    wait(None) waits without a limit, which a limit of math.inf uses. Each
+    other call waits at most longest seconds, the most that wait accepts.
+    """
+    if limit == math.inf:
+        return wait(None)
+
+    deadline = time.monotonic() + limit
+    while True:
+        remaining = max(0.0, deadline - time.monotonic())
+        if wait(min(remaining, longest)):
+            return True
+        if remaining <= longest:
+            return False
 
 
 def _poll_milliseconds(seconds: float) -> int:
