@@ -362,7 +362,8 @@ def median_ms(samples: list[float]) -> float:
     return statistics.median(samples) * 1000 if samples else math.nan
 
 
-def summarize(raw: dict[str, Any]) -> dict[str, Any]:
+def summarize(raw: dict[str, Any], window: dict[str, Any]) -> dict[str, Any]:
+    """Return the table row of one side. window is windowed(raw), which the caller computes once."""
     latencies = raw["latencies"]
     return {
         "upgrades": len(raw["upgrade_seconds"]),
@@ -376,14 +377,9 @@ def summarize(raw: dict[str, Any]) -> dict[str, Any]:
         "client_p50_ms": percentile(latencies, 0.50) * 1000,
         "client_p99_ms": percentile(latencies, 0.99) * 1000,
         "client_max_ms": max(latencies) * 1000,
-        "window_requests": len(in_windows(raw)),
-        "window_p99_ms": percentile(in_windows(raw), 0.99) * 1000,
+        "window_requests": len(window["latencies"]),
+        "window_p99_ms": percentile(window["latencies"], 0.99) * 1000,
     }
-
-
-def in_windows(raw: dict[str, Any]) -> list[float]:
-    """Return the latencies of the requests that started within UPGRADE_WINDOW of a round's start."""
-    return windowed(raw)["latencies"]
 
 
 def windowed(raw: dict[str, Any]) -> dict[str, Any]:
@@ -493,10 +489,10 @@ def test_upgrade_latency_against_tableflip(
 
     benchmark.pedantic(measure, rounds=1, iterations=1)
 
-    summary = {library: summarize(samples) for library, samples in raw.items()}
+    windows = {library: windowed(samples) for library, samples in raw.items()}
+    summary = {library: summarize(samples, windows[library]) for library, samples in raw.items()}
     for library, row in summary.items():
         benchmark.extra_info.update({f"{library}_{key}": value for key, value in row.items()})
-    windows = {library: windowed(samples) for library, samples in raw.items()}
     if "tableflip" in summary:
         baseline = summary["tableflip"]
         for library in FDPASS_SIDES:
