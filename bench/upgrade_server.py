@@ -241,14 +241,15 @@ async def run(library: str, port: int) -> None:
 def settle_malloc() -> None:
     """Put glibc's malloc in the same state in every server, whatever its library did before.
 
-    glibc serves a request above its mmap threshold (128 KiB at start) with
-    mmap(), and raises the threshold to the size of such a block once one
-    is freed whole. asyncio reads each connection into a 256 KiB buffer, so
-    until that happens every request costs an mmap(), an mremap() and a
-    munmap(), about 15 us here. tableflip's new generations happen to free
-    such a buffer at start and fdpass's do not, so the same server
-    replied faster under tableflip. Freeing a 512 KiB block here gives every
-    side the raised threshold.
+    glibc serves an allocation above its mmap threshold (128 KiB at start)
+    with mmap(), and raises the threshold to the size of such a block once
+    one is freed whole. asyncio reads each connection into a 256 KiB buffer,
+    so until that happens every request costs an mmap(), an mremap() and a
+    munmap(). tableflip's new generations happen to free such a buffer at
+    start and fdpass's do not, so the same server replied faster under
+    tableflip (a median of 0.145 against 0.168 ms in one measurement on
+    2 cores, see docs/benchmarks.md). Freeing a 512 KiB block here gives
+    every side the raised threshold.
     """
     block = bytearray(512 * 1024)
     del block
