@@ -133,14 +133,20 @@ def receive_message(sock: socket.socket) -> tuple[object, list[int]] | None:
 
 
 def default_preload() -> list[str]:
-    """Return the stdlib modules this process has imported, and fdpass's, sorted so packages come first."""
+    """Return the stdlib modules this process has imported, and fdpass's, in the order it imported them.
+
+    The standby must replay that order. Sorted names would put _asyncio
+    before asyncio. _asyncio then imports asyncio while it is half
+    initialized, and asyncio.tasks keeps its Python current_task(), which
+    does not track the C tasks. asyncio.current_task() then returns None,
+    and asyncio.timeout() raises "Timeout should be used inside a task".
+    """
     stdlib = sys.stdlib_module_names
-    names = [
+    return [
         name
         for name in list(sys.modules)
         if name not in _NEVER_PRELOADED and (name.partition(".")[0] in stdlib or name.partition(".")[0] == "fdpass")
     ]
-    return sorted(names)
 
 
 def _preload(names: list[str]) -> list[list[str]]:

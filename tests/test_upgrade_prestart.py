@@ -15,6 +15,7 @@ import os
 import pathlib
 import shutil
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -201,15 +202,53 @@ def test_new_generation_is_the_standby(start_run):
 
 
 def test_upgrade_async_uses_standby(start_run):
-    """upgrade_async() hands over to the standby too, twice in a row."""
+    """upgrade_async() hands over to the standby too, twice in a row, and asyncio works in the new generation."""
     run = start_run("--asyncio")
+    assert run.ready["asyncio_tasks"] == "ok"
 
     for _ in range(2):
         upgrading, upgraded, ready = run.upgrade()
         assert upgrading["standby_pid"] is not None
         assert upgraded["new_pid"] == upgrading["standby_pid"]
         assert ready["listen_pid"] == str(upgraded["new_pid"])
+        assert ready["asyncio_tasks"] == "ok"
     run.finish()
+
+
+def test_default_preload_replays_import_order(tmp_path):
+    """A standby that preloads this program's modules ends up with the same modules as a cold start.
+
+    asyncio is the case that broke: importing _asyncio before asyncio left
+    asyncio.tasks with its Python current_task(), which returns None inside
+    the C tasks that the event loop runs.
+    """
+    listing_code = "import asyncio, json\nfrom fdpass import _standby\nprint(json.dumps(_standby.default_preload()))"
+    listing = subprocess.run(
+        [sys.executable, "-c", listing_code],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path, check=True,
+    )
+    names = json.loads(listing.stdout)
+    assert "asyncio" in names and "_asyncio" in names
+
+    check = (
+        "import json, sys\n"
+        "from fdpass import _standby\n"
+        "assert 'asyncio' not in sys.modules\n"
+        "failed = _standby._preload(json.loads(sys.argv[1]))\n"
+        "import asyncio\n"
+        "async def probe():\n"
+        "    try:\n"
+        "        await asyncio.wait_for(asyncio.sleep(0), 5)\n"
+        "    except RuntimeError as error:\n"
+        "        return repr(error)\n"
+        "    return asyncio.current_task() is not None\n"
+        "print(json.dumps([failed, asyncio.run(probe())]))"
+    )
+    replay = subprocess.run(
+        [sys.executable, "-c", check, json.dumps(names)],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path, check=True,
+    )
+    assert json.loads(replay.stdout) == [[], True]
 
 
 def test_changed_program_runs_new_code(start_run, tmp_path):

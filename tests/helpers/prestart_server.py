@@ -10,7 +10,9 @@ standby runs for this generation, which under a parent is after the parent
 exited), "worker-exited" (with --fork-workers, the exit code of a forked
 worker), "log" (the fdpass logger's records at INFO and above) and "exit".
 "upgraded" and "upgrade-failed" carry max_loop_gap, the longest time in
-seconds that the event loop of upgrade_async() did not run its ticker. Each response is
+seconds that the event loop of upgrade_async() did not run its ticker. With
+--asyncio, "ready" also carries asyncio_tasks: "ok", or how asyncio's task
+tracking failed in this generation. Each response is
 "<pid> <request line>\\n".
 
 The control file (JSON) steers upgrades; it is read on each SIGHUP and when
@@ -88,6 +90,22 @@ def describe_main() -> dict:
         "path0": sys.path[0],
         "path": sys.path[1:],
     }
+
+
+def check_asyncio_tasks() -> str:
+    """Return "ok" if asyncio tracks the running task as a cold start does, else what went wrong."""
+    import asyncio
+
+    async def probe() -> str:
+        if asyncio.current_task() is None:
+            return "asyncio.current_task() returned None inside a task"
+        try:
+            await asyncio.wait_for(asyncio.sleep(0), 5)
+        except RuntimeError as error:
+            return f"asyncio.wait_for() raised RuntimeError: {error}"
+        return "ok"
+
+    return asyncio.run(probe())
 
 
 def read_control(path: str) -> dict:
@@ -183,6 +201,10 @@ def main() -> int:
     log.addHandler(EventHandler())
     log.setLevel(logging.INFO)
 
+    if args.asyncio:
+        # Imported before the standby starts, as an asyncio server does, so that the standby preloads it.
+        import asyncio  # noqa: F401
+
     upgrader = fdpass.Upgrader(upgrade_timeout=20, prestart=json.loads(args.prestart))
     if upgrader.has_parent and read_control(args.control).get("crash"):
         emit("crashing")
@@ -236,6 +258,7 @@ def main() -> int:
                 emit("upgraded", new_pid=new_pid, max_loop_gap=max(loop_gaps, default=None))
                 return
 
+    asyncio_tasks = check_asyncio_tasks() if args.asyncio else None
     signals = threading.Thread(target=take_signals, daemon=True)
     signals.start()
     upgrader.ready()
@@ -254,6 +277,7 @@ def main() -> int:
         argv=sys.argv,
         main=describe_main(),
         sigint_default=signal.getsignal(signal.SIGINT) is signal.default_int_handler,
+        asyncio_tasks=asyncio_tasks,
     )
 
     if upgrader.has_parent:
