@@ -489,6 +489,10 @@ def test_upgrade_latency_against_tableflip(
 
     benchmark.pedantic(measure, rounds=1, iterations=1)
 
+    raw_path = request.config.getoption("--upgrade-raw")
+    if raw_path is not None:
+        pathlib.Path(raw_path).write_text(json.dumps(raw))
+
     windows = {library: windowed(samples) for library, samples in raw.items()}
     summary = {library: summarize(samples, windows[library]) for library, samples in raw.items()}
     for library, row in summary.items():

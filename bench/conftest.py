@@ -30,6 +30,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--upgrade-interval", type=float, default=0.5,
         help="seconds between one upgrade's end and the next SIGHUP, with the client sending (default: 0.5)",
     )
+    upgrade.addoption(
+        "--upgrade-raw", default=None, metavar="PATH",
+        help="also write every side's samples (each request's start and latency, each round's start) as JSON to PATH",
+    )
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
