@@ -24,7 +24,9 @@ Measured per side:
   ready(), which the load of other processes does not stretch; for
   fdpass-prestart that includes the standby's start-up and preloading;
 - client latency: connect, request and response, for every request during
-  the rounds, with every error kept.
+  the rounds, with every error kept;
+- tracebacks: those the side's generations wrote to stderr, because a
+  generation can fail after its last request without any client error.
 
 The figures go to benchmark.extra_info (see --benchmark-json) and are
 printed as a table, with fdpass's ratios to tableflip from the same run.
@@ -286,7 +288,14 @@ class Side:
             "round_starts": self.round_starts,
             "errors": self.client.errors,
             "failures": self.failures,
+            "tracebacks": self.tracebacks(),
         }
+
+    def tracebacks(self) -> list[str]:
+        """Return each traceback that a generation of this side wrote to stderr."""
+        text = self.server.stderr_path.read_text(errors="replace")
+        marker = "Traceback (most recent call last):"
+        return [marker + part for part in text.split(marker)[1:]]
 
 
 #: Upgrades of one side in a row before the next side takes its turn.
@@ -374,6 +383,7 @@ def summarize(raw: dict[str, Any], window: dict[str, Any]) -> dict[str, Any]:
         "requests": len(latencies),
         "errors": len(raw["errors"]),
         "failed_upgrades": len(raw["failures"]),
+        "tracebacks": len(raw["tracebacks"]),
         "client_p50_ms": percentile(latencies, 0.50) * 1000,
         "client_p99_ms": percentile(latencies, 0.99) * 1000,
         "client_max_ms": max(latencies) * 1000,
@@ -515,12 +525,13 @@ def test_upgrade_latency_against_tableflip(
                 )
     print_table(python, rounds, interval, summary, benchmark.extra_info)
     for library, samples in raw.items():
-        for error in samples["errors"][:5] + samples["failures"][:5]:
+        for error in samples["errors"][:5] + samples["failures"][:5] + samples["tracebacks"][:1]:
             print(f"{library}: {error}")
 
     for library in FDPASS_SIDES:
         assert summary[library]["upgrades"] == rounds, raw[library]["failures"]
         assert raw[library]["errors"] == []
+        assert raw[library]["tracebacks"] == []
     # A failed request without any upgrade points at the machine or the client, not at a library.
     assert raw[CONTROL]["errors"] == []
 
@@ -531,7 +542,7 @@ def print_table(
     columns = [
         ("upgrades", "{:d}"), ("upgrade_median_ms", "{:.1f}"), ("upgrade_max_ms", "{:.1f}"),
         ("ready_to_return_median_ms", "{:.2f}"), ("start_cpu_median_ms", "{:.1f}"),
-        ("requests", "{:d}"), ("errors", "{:d}"), ("failed_upgrades", "{:d}"),
+        ("requests", "{:d}"), ("errors", "{:d}"), ("failed_upgrades", "{:d}"), ("tracebacks", "{:d}"),
         ("client_p50_ms", "{:.2f}"), ("client_p99_ms", "{:.2f}"), ("client_max_ms", "{:.1f}"),
         ("window_requests", "{:d}"), ("window_p99_ms", "{:.2f}"),
     ]
