@@ -450,8 +450,8 @@ class Upgrader:
     def _start_standby_after_parent(self) -> None:
         self.wait_for_parent()
         # NOTE: this thread then runs about 1 ms of Python with the GIL held,
-        # which delays a request that the main thread's event loop has to
-        # answer meanwhile (measured in docs/benchmarks.md, upgrades section).
+        # so an event loop in another thread serves no request meanwhile
+        # (measured in docs/benchmarks.md, upgrades section).
         # An upgrade() that began once the parent was gone waits for this
         # thread in _take_standby(), so the standby starts for it.
         self._start_standby(during_upgrade=True)
