@@ -228,7 +228,8 @@ def test_default_preload_replays_import_order(tmp_path):
         capture_output=True, text=True, timeout=60, cwd=tmp_path, check=True,
     )
     names = json.loads(listing.stdout)
-    assert "asyncio" in names and "_asyncio" in names
+    assert "asyncio" in names
+    assert "_asyncio" in names
 
     check = (
         "import json, sys\n"

@@ -22,6 +22,11 @@ def port_of(sock: object) -> int:
     return sock.getsockname()[1]  # type: ignore[attr-defined, no-any-return]
 
 
+def registered_ports() -> list[list[object]]:
+    """Return [name, port] of every socket in fdpass's registry, sorted."""
+    return sorted([name, port_of(sock)] for name, sock in fdpass.listeners())
+
+
 def first_run(fixed_port: int) -> None:
     http = fdpass.listen((HOST, fixed_port), name="http")
     admin = fdpass.listen((HOST, 0), name="admin")
@@ -34,21 +39,22 @@ def first_run(fixed_port: int) -> None:
     upgrader_one = upgrader.listen((HOST, 0))
     upgrader_two = upgrader.listen((HOST, 0))
 
+    sockets = {
+        "http": http,
+        "admin": admin,
+        "metrics": metrics,
+        "unnamed_one": unnamed_one,
+        "unnamed_two": unnamed_two,
+        "upgrader_one": upgrader_one,
+        "upgrader_two": upgrader_two,
+    }
     report = {
         "run": "first",
-        "ports": {
-            "http": port_of(http),
-            "admin": port_of(admin),
-            "metrics": port_of(metrics),
-            "unnamed_one": port_of(unnamed_one),
-            "unnamed_two": port_of(unnamed_two),
-            "upgrader_one": port_of(upgrader_one),
-            "upgrader_two": port_of(upgrader_two),
-        },
+        "ports": {call: port_of(sock) for call, sock in sockets.items()},
         "admin_again_is_admin": admin_again is admin,
         "unnamed_two_is_unnamed_one": unnamed_two is unnamed_one,
         "upgrader_two_is_upgrader_one": upgrader_two is upgrader_one,
-        "registered": sorted([name, port_of(sock)] for name, sock in fdpass.listeners()),
+        "registered": registered_ports(),
     }
     print(json.dumps(report), flush=True)
 
@@ -71,24 +77,20 @@ def second_run(fixed_port: int) -> None:
     admin = fdpass.listen((HOST, 0), name="admin")
     unnamed_three = fdpass.listen((HOST, 0))
 
+    sockets = {
+        "http": http,
+        "admin": admin,
+        "metrics": metrics,
+        "unnamed_one": unnamed_one,
+        "unnamed_two": unnamed_two,
+        "unnamed_three": unnamed_three,
+    }
     report = {
         "run": "second",
-        "ports": {
-            "http": port_of(http),
-            "admin": port_of(admin),
-            "metrics": port_of(metrics),
-            "unnamed_one": port_of(unnamed_one),
-            "unnamed_two": port_of(unnamed_two),
-            "unnamed_three": port_of(unnamed_three),
-        },
-        "inherited": {
-            "admin": id(admin) in adopted,
-            "metrics": id(metrics) in adopted,
-            "unnamed_one": id(unnamed_one) in adopted,
-            "unnamed_two": id(unnamed_two) in adopted,
-            "unnamed_three": id(unnamed_three) in adopted,
-        },
-        "registered": sorted([name, port_of(sock)] for name, sock in fdpass.listeners()),
+        "ports": {call: port_of(sock) for call, sock in sockets.items()},
+        # Only the port-0 calls, because the test checks the fixed port by its number.
+        "inherited": {call: id(sock) in adopted for call, sock in sockets.items() if call != "http"},
+        "registered": registered_ports(),
     }
     print(json.dumps(report), flush=True)
 
