@@ -216,11 +216,11 @@ def test_upgrade_async_uses_standby(start_run):
 
 
 def test_default_preload_replays_import_order(tmp_path):
-    """A standby that preloads this program's modules ends up with the same modules as a cold start.
+    """Replaying default_preload() in a fresh interpreter leaves asyncio as a cold start has it.
 
-    asyncio is the case that broke: importing _asyncio before asyncio left
-    asyncio.tasks with its Python current_task(), which returns None inside
-    the C tasks that the event loop runs.
+    Importing _asyncio before asyncio leaves asyncio.tasks with its Python
+    current_task(), which returns None inside the C tasks that the event
+    loop runs.
     """
     listing_code = "import asyncio, json\nfrom fdpass import _standby\nprint(json.dumps(_standby.default_preload()))"
     listing = subprocess.run(

@@ -93,7 +93,7 @@ def describe_main() -> dict:
 
 
 def check_asyncio_tasks() -> str:
-    """Return "ok" if asyncio tracks the running task as a cold start does, else what went wrong."""
+    """Return "ok" if asyncio tracks the running task as in a cold start, else a description of the failure."""
     import asyncio
 
     async def probe() -> str:
