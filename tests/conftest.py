@@ -45,6 +45,16 @@ def child_pids() -> set[int]:
     return pids
 
 
+def zombie_or_gone(pid: int) -> bool:
+    """Return True if pid names no process or a zombie, from its state in /proc/PID/stat."""
+    try:
+        with open(f"/proc/{pid}/stat") as stream:
+            return stream.read().rpartition(")")[2].split()[0] == "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        # read() fails with ESRCH when the process is reaped after open().
+        return True
+
+
 def clean_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """Return os.environ without LISTEN_* variables, updated with extra."""
     env = {key: value for key, value in os.environ.items() if key not in _LISTEN_VARIABLES}

@@ -8,7 +8,7 @@ import sys
 import time
 
 import pytest
-from conftest import HELPERS
+from conftest import HELPERS, zombie_or_gone
 from loadgen import group_is_gone, wait_until
 
 pytestmark = pytest.mark.timeout(60)
@@ -29,11 +29,7 @@ def pid_is_gone(pid: int) -> bool:
     except ProcessLookupError:
         return True
     # A zombie still answers kill(0); its state in /proc says it has exited.
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rpartition(")")[2].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
+    return zombie_or_gone(pid)
 
 
 def wait_for_log(supervisor, text: str, count: int = 1) -> None:

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
-from conftest import HELPERS, clean_environment
+from conftest import HELPERS, clean_environment, zombie_or_gone
 from test_upgrade import LoadClient, send_request
 
 import fdpass
@@ -40,11 +40,7 @@ def process_ended(pid: int) -> bool:
             return True
     except ChildProcessError:
         pass
-    try:
-        with open(f"/proc/{pid}/stat") as stream:
-            return stream.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
+    return zombie_or_gone(pid)
 
 
 def wait_ended(pid: int, timeout: float = EVENT_TIMEOUT) -> bool:
