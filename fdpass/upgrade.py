@@ -27,6 +27,7 @@ import os
 import select
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -67,6 +68,11 @@ _EOF_EXIT_GRACE = 1.0
 # Seconds between waitpid(WNOHANG) checks when os.pidfd_open() is missing
 # (Linux before 5.3); with a pidfd the wait is woken by the child's exit.
 _EXIT_POLL_INTERVAL = 0.05
+
+# Seconds that the thread which waited for the previous generation's exit
+# leaves the standby's start to the event loop of ready(), before it starts
+# the standby itself because the loop is blocked or no longer runs.
+_LOOP_START_GRACE = 1.0
 
 _STARTING = "starting"
 _READY = "ready"
@@ -323,7 +329,11 @@ class Upgrader:
         # Held while a standby starts or is taken, so upgrade() waits for one being started.
         self._standby_lock = threading.Lock()
         self._standby: Standby | None = None
-        self._standby_thread: threading.Thread | None = None
+        # True from a ready() under a parent until one caller claims the
+        # standby's start under _standby_lock: the event loop, the thread
+        # that waits for the parent, or an upgrade.
+        self._standby_pending = False
+        self._standby_claimed = threading.Event()
 
         ready_pipe = _inherited_pipe(inherited, READY_FD_NAME)
         # An earlier Upgrader's ready() or stop() closes the inherited pipe.
@@ -440,21 +450,38 @@ class Upgrader:
         if self._prestart is False or self._parent_gone:
             self._start_standby()
             return
+
         # upgrade() is not allowed before the previous generation has exited,
         # so the standby starts only then, and its start-up does not compete
         # for CPU with that generation's last requests and exit.
-        thread = threading.Thread(target=self._start_standby_after_parent, name="fdpass-standby", daemon=True)
-        self._standby_thread = thread
+        self._standby_pending = True
+        loop = _running_loop()
+        thread = threading.Thread(
+            target=self._start_standby_after_parent, args=(loop,), name="fdpass-standby", daemon=True
+        )
         thread.start()
 
-    def _start_standby_after_parent(self) -> None:
+    def _start_standby_after_parent(self, loop: asyncio.AbstractEventLoop | None) -> None:
         self.wait_for_parent()
-        # NOTE: this thread then runs about 1 ms of Python with the GIL held,
-        # so an event loop in another thread serves no request meanwhile
-        # (measured in docs/benchmarks.md, upgrades section).
-        # An upgrade() that began once the parent was gone waits for this
-        # thread in _take_standby(), so the standby starts for it.
-        self._start_standby(during_upgrade=True)
+
+        # Starting the standby runs about 1 ms of Python. A callback on the
+        # loop that called ready() runs it between two of the loop's steps;
+        # this thread would instead take the GIL from the loop for that time.
+        if loop is not None:
+            try:
+                loop.call_soon_threadsafe(self._start_pending_standby)
+            except RuntimeError:
+                pass  # the loop is closed
+            else:
+                self._standby_claimed.wait(_LOOP_START_GRACE)
+
+        # NOTE: without an event loop in ready()'s thread, or with a loop
+        # blocked for _LOOP_START_GRACE, this thread starts the standby and
+        # holds the GIL meanwhile (measured in docs/benchmarks.md, upgrades).
+        self._start_pending_standby()
+
+    def _start_pending_standby(self) -> None:
+        self._start_standby(during_upgrade=True, only_if_pending=True)
 
     def _closed_ready_pipe_message(self) -> str:
         if _ready_pipe_closed_in == _STOPPED:
@@ -854,11 +881,13 @@ class Upgrader:
 
     # The standby of Upgrader(prestart=...).
 
-    def _start_standby(self, *, during_upgrade: bool = False) -> None:
+    def _start_standby(self, *, during_upgrade: bool = False, only_if_pending: bool = False) -> None:
         """Start a standby if prestart is on, this generation is ready, and none runs; log a failure.
 
         An upgrade that is running prevents the start unless during_upgrade
-        is true, because that upgrade would not wait for the standby.
+        is true, because that upgrade would not wait for the standby. With
+        only_if_pending, starts it only if the start that ready() left for
+        after the parent's exit is still unclaimed, and claims it.
         """
         global _exit_hook_registered
 
@@ -867,6 +896,11 @@ class Upgrader:
         from fdpass import prestart as prestart_module
 
         with self._standby_lock:
+            if only_if_pending:
+                if not self._standby_pending:
+                    return
+                self._standby_pending = False
+                self._standby_claimed.set()
             with self._lock:
                 if self._state != _READY or (self._upgrading and not during_upgrade) or self._standby is not None:
                     return
@@ -883,19 +917,18 @@ class Upgrader:
                 _exit_hook_registered = True
         _log.info("standby PID %d started for the next upgrade", standby.pid)
 
-    def _take_standby(self, *, wait_for_thread: bool = True) -> Standby | None:
+    def _take_standby(self, *, for_upgrade: bool = True) -> Standby | None:
         # upgrade() runs only once the previous generation has exited, so a
-        # thread that waits for that exit to start the standby ends soon.
-        # stop() must not wait for it, because the parent may still run.
-        thread = self._standby_thread
-        if wait_for_thread and thread is not None and thread is not threading.current_thread():
-            thread.join(self._join_timeout)
+        # standby start still pending then is due, and it runs here rather
+        # than wait for the loop or the thread. stop() starts none.
+        if for_upgrade:
+            self._start_pending_standby()
         with self._standby_lock:
             standby, self._standby = self._standby, None
         return standby
 
     def _stop_standby(self) -> None:
-        standby = self._take_standby(wait_for_thread=False)
+        standby = self._take_standby(for_upgrade=False)
         if standby is None:
             return
 
@@ -910,12 +943,10 @@ class Upgrader:
         """Wait, without blocking the event loop, until a standby still starting has sent its report."""
         import asyncio
 
-        thread = self._standby_thread
-        if self._prestart is not False and thread is not None and thread.is_alive():
-            # The thread exits right after the previous generation, which
-            # upgrade() requires anyway, so this ends soon or upgrade() raises.
-            if self._parent_gone or self._poll_parent_gone():
-                await asyncio.to_thread(thread.join, self._join_timeout)
+        # upgrade() refuses to run while the previous generation does, so
+        # only then is a pending start due; it runs here, on the loop.
+        if self._standby_pending and (self._parent_gone or self._poll_parent_gone()):
+            self._start_pending_standby()
 
         standby = self._standby
         if standby is None or standby.has_report():
@@ -1320,3 +1351,15 @@ def _stop_active_standby() -> None:
 def _resolve_future(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    """Return the asyncio event loop running in this thread, or None, without importing asyncio."""
+    module = sys.modules.get("asyncio")
+    if module is None:
+        return None
+    try:
+        loop: asyncio.AbstractEventLoop = module.get_running_loop()
+    except RuntimeError:
+        return None
+    return loop

@@ -83,7 +83,18 @@ class Run:
 
     def wait_event(self, pid: int, *kinds: str) -> dict:
         """Return the first event, seen or new, of generation pid with one of kinds."""
-        match: Callable[[dict], bool] = lambda event: event["pid"] == pid and event["event"] in kinds  # noqa: E731
+        return self._wait(
+            lambda event: event["pid"] == pid and event["event"] in kinds, f"{kinds} event from PID {pid}"
+        )
+
+    def wait_log(self, pid: int, prefix: str) -> dict:
+        """Return the first "log" event, seen or new, of generation pid whose message starts with prefix."""
+        return self._wait(
+            lambda event: event["pid"] == pid and event["event"] == "log" and event["message"].startswith(prefix),
+            f"log {prefix!r} from PID {pid}",
+        )
+
+    def _wait(self, match: Callable[[dict], bool], description: str) -> dict:
         for event in self._unread:
             if match(event):
                 self._unread.remove(event)
@@ -94,7 +105,7 @@ class Run:
             try:
                 event = self.child.read_json(timeout=max(0.0, deadline - time.monotonic()))
             except (TimeoutError, EOFError) as error:
-                raise AssertionError(f"no {kinds} event from PID {pid}: {error}; events: {self.events}") from None
+                raise AssertionError(f"no {description}: {error}; events: {self.events}") from None
             self.events.append(event)
             self.pids.add(event["pid"])
             for field in ("standby_pid", "new_pid"):
@@ -472,6 +483,46 @@ def test_upgrade_at_parent_exit_uses_standby(start_run, tmp_path):
     third = outcome["new_pid"]
     messages = run.logs(second)
     assert any(f"over to standby PID {third}" in message for message in messages), messages
+    run.wait_event(third, "ready")
+    run.wait_event(second, "exit")
+    assert wait_ended(second)
+    run.current = third
+    run.finish()
+
+
+@pytest.mark.parametrize(
+    ("mode", "thread"), [("running", "MainThread"), ("blocked", "fdpass-standby"), ("closed", "fdpass-standby")]
+)
+def test_standby_starts_on_ready_loop(start_run, mode, thread):
+    """Under a parent, the loop that called ready() starts the standby; if it is blocked or closed, a thread does."""
+    run = start_run("--ready-in-loop", mode)
+
+    for _ in range(2):
+        upgrading, upgraded, _ = run.upgrade()
+        assert upgraded["new_pid"] == upgrading["standby_pid"]
+        started = run.wait_log(upgraded["new_pid"], "standby PID ")
+        assert started["message"].endswith("started for the next upgrade"), started
+        assert started["thread"] == thread
+    run.finish()
+
+
+@pytest.mark.parametrize("api", ["upgrade", "upgrade_async"])
+def test_upgrade_during_blocked_loop_starts_standby(start_run, tmp_path, api):
+    """An upgrade that begins while the loop of ready() is blocked starts the pending standby and hands over to it."""
+    token = tmp_path / "upgrade-token"
+    token.touch()
+    run = start_run("--ready-in-loop", "blocked", *(["--asyncio"] if api == "upgrade_async" else []))
+    run.set_control(upgrade_token=str(token))
+
+    _, upgraded, _ = run.upgrade()
+    second = upgraded["new_pid"]
+    outcome = run.wait_event(second, "upgraded", "upgrade-failed")
+
+    assert outcome["event"] == "upgraded", outcome
+    assert not token.exists()
+    third = outcome["new_pid"]
+    assert run.wait_log(second, f"standby PID {third} started")["thread"] == "signals"
+    assert any(f"over to standby PID {third}" in message for message in run.logs(second))
     run.wait_event(third, "ready")
     run.wait_event(second, "exit")
     assert wait_ended(second)

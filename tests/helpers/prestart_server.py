@@ -8,7 +8,8 @@ and sys.path were set up), "upgrading",
 stop()), "standby" (once a
 standby runs for this generation, which under a parent is after the parent
 exited), "worker-exited" (with --fork-workers, the exit code of a forked
-worker), "log" (the fdpass logger's records at INFO and above) and "exit".
+worker), "log" (the fdpass logger's records at INFO and above, with the
+name of the thread that logged) and "exit".
 "upgraded" and "upgrade-failed" carry max_loop_gap, the longest time in
 seconds that the event loop of upgrade_async() did not run its ticker. With
 --asyncio, "ready" also carries asyncio_tasks: "ok", or how asyncio's task
@@ -24,7 +25,8 @@ a generation starts:
 - "stop_during_upgrade": seconds after the upgrade starts at which another
   thread calls stop().
 - "upgrade_token": a file path. The first generation with a parent that
-  removes it sends itself SIGHUP as soon as its parent has exited.
+  removes it sends itself SIGHUP as soon as its parent has exited (with
+  --ready-in-loop blocked, from the blocked loop).
 
 SIGTERM makes the current generation call stop() and exit.
 """
@@ -73,7 +75,7 @@ def emit(event: str, **fields: object) -> None:
 
 class EventHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
-        emit("log", level=record.levelname, message=record.getMessage())
+        emit("log", level=record.levelname, message=record.getMessage(), thread=record.threadName)
 
 
 def describe_main() -> dict:
@@ -159,6 +161,39 @@ def fork_worker(release_read: int | None = None, release_write: int | None = Non
     sys.exit(0)
 
 
+def take_upgrade_token(control_path: str) -> None:
+    """Send this process SIGHUP if it is the first to remove the control file's upgrade_token."""
+    token = read_control(control_path).get("upgrade_token")
+    try:
+        if token:
+            os.unlink(token)
+            os.kill(os.getpid(), signal.SIGHUP)
+    except FileNotFoundError:
+        pass
+
+
+async def ready_in_loop(upgrader: fdpass.Upgrader, mode: str, control_path: str) -> None:
+    """Call ready() from a running event loop; keep the loop running, or blocked, until the standby runs.
+
+    mode "running" awaits between checks, "blocked" sleeps without awaiting
+    and takes the upgrade token once the parent has exited, and "closed"
+    returns at once, so the loop is closed when the parent exits.
+    """
+    import asyncio
+
+    upgrader.ready()
+    deadline = time.monotonic() + 20
+    while mode != "closed" and upgrader.standby_pid is None and time.monotonic() < deadline:
+        if upgrader.wait_exit(0):
+            return
+        if mode == "blocked":
+            if upgrader.has_parent and upgrader.wait_for_parent(0):
+                take_upgrade_token(control_path)
+            time.sleep(0.01)
+        else:
+            await asyncio.sleep(0.01)
+
+
 async def upgrade_with_ticker(upgrader: fdpass.Upgrader, loop_gaps: list[float]) -> int:
     """Run upgrade_async() next to a task that appends to loop_gaps the seconds between its wake-ups."""
     import asyncio
@@ -185,6 +220,11 @@ def main() -> int:
     parser.add_argument("--prestart", default="true", help="JSON: true, false or a list of module names")
     parser.add_argument("--module", help="a module to import and report VALUE of")
     parser.add_argument("--asyncio", action="store_true", help="upgrade with upgrade_async() in an event loop")
+    parser.add_argument(
+        "--ready-in-loop",
+        choices=["running", "blocked", "closed"],
+        help="call ready() from an asyncio event loop, which then runs, blocks or closes (see ready_in_loop())",
+    )
     parser.add_argument("--exit-early", action="store_true", help="exit without stop() once the standby runs")
     parser.add_argument(
         "--fork-workers",
@@ -203,7 +243,7 @@ def main() -> int:
 
     if args.asyncio:
         # Imported before the standby starts, as an asyncio server does, so that the standby preloads it.
-        import asyncio  # noqa: F401
+        import asyncio
 
     upgrader = fdpass.Upgrader(upgrade_timeout=20, prestart=json.loads(args.prestart))
     if upgrader.has_parent and read_control(args.control).get("crash"):
@@ -259,9 +299,14 @@ def main() -> int:
                 return
 
     asyncio_tasks = check_asyncio_tasks() if args.asyncio else None
-    signals = threading.Thread(target=take_signals, daemon=True)
+    signals = threading.Thread(target=take_signals, name="signals", daemon=True)
     signals.start()
-    upgrader.ready()
+    if args.ready_in_loop:
+        import asyncio
+
+        asyncio.run(ready_in_loop(upgrader, args.ready_in_loop, args.control))
+    else:
+        upgrader.ready()
     emit(
         "ready",
         standby_pid=upgrader.standby_pid,
@@ -282,13 +327,7 @@ def main() -> int:
 
     if upgrader.has_parent:
         upgrader.wait_for_parent(timeout=20)
-        token = read_control(args.control).get("upgrade_token")
-        try:
-            if token:
-                os.unlink(token)
-                os.kill(os.getpid(), signal.SIGHUP)
-        except FileNotFoundError:
-            pass
+        take_upgrade_token(args.control)
     # wait_exit() returns True at once after stop(), which ends the standby.
     deadline = time.monotonic() + 20
     while upgrader.standby_pid is None and time.monotonic() < deadline and not upgrader.wait_exit(0.01):
