@@ -406,7 +406,8 @@ class Upgrader:
         NOTIFY_SOCKET instead; under a parent, the parent sends MAINPID= and
         READY=1, since systemd accepts notifications from the main PID only
         by default. With prestart, then starts the standby, or under a
-        parent, a thread that starts it once the parent has exited. Calling
+        parent, once the parent has exited: from the asyncio event loop
+        running in this thread, if there is one, else from a thread. Calling
         it again does nothing.
 
         If an earlier Upgrader in this process called ready(), the previous
