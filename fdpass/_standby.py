@@ -34,6 +34,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import pkgutil
 import signal
 import socket
 import sys
@@ -272,8 +273,6 @@ def main_path_entry(kind: str, target: str) -> str | None:
     directory, symlinks resolved, and runpy.run_path() puts a directory or
     zip file there itself.
     """
-    import pkgutil
-
     if getattr(sys.flags, "safe_path", False) or sys.flags.isolated:
         return None
     if kind == "module":

@@ -259,6 +259,28 @@ def test_default_preload_replays_import_order(tmp_path):
     assert json.loads(replay.stdout) == [[], True]
 
 
+def test_standby_start_imports_nothing(tmp_path):
+    """Starting a standby imports no module, so no generation pays for an import on its event loop.
+
+    A module imported only inside start() is missing from default_preload(),
+    which start() computes first, so every generation would import it again.
+    """
+    script = tmp_path / "start_standby.py"
+    script.write_text(
+        "import json, sys\n"
+        "from fdpass import prestart\n"
+        "before = set(sys.modules)\n"
+        "standby = prestart.start(None)\n"
+        "imported = sorted(set(sys.modules) - before)\n"
+        "standby.kill()\n"
+        "print(json.dumps(imported))\n"
+    )
+    started = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, cwd=tmp_path, check=True
+    )
+    assert json.loads(started.stdout) == []
+
+
 def test_changed_program_runs_new_code(start_run, tmp_path):
     """A program file changed after the standby started: the standby runs the new code."""
     script = tmp_path / "prestart_server.py"
