@@ -84,7 +84,11 @@ def main(paths: list[str]) -> int:
             return 2
     missing = [path for path, run in zip(paths, runs, strict=True) if BASELINE not in run]
     if missing:
-        print(f"no {BASELINE} side in {', '.join(missing)}; rerun with an interpreter that imports it", file=sys.stderr)
+        print(
+            f"no {BASELINE} side in {', '.join(missing)}: run the benchmark with an --upgrade-python "
+            f"that can import {BASELINE}",
+            file=sys.stderr,
+        )
         return 2
 
     print(f"p99 ratios to {BASELINE} over {len(runs)} runs; in brackets, the 2.5th-97.5th percentile over")

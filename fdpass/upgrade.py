@@ -465,9 +465,9 @@ class Upgrader:
     def _start_standby_after_parent(self, loop: asyncio.AbstractEventLoop | None) -> None:
         self.wait_for_parent()
 
-        # Starting the standby runs about 1 ms of Python. A callback on the
-        # loop that called ready() runs it between two of the loop's steps;
-        # this thread would instead take the GIL from the loop for that time.
+        # Starting the standby runs about 1 ms of Python. On ready()'s loop it
+        # runs between two loop steps, while this thread would hold the GIL
+        # and stall the loop for that time.
         if loop is not None:
             try:
                 loop.call_soon_threadsafe(self._start_pending_standby)
@@ -944,8 +944,8 @@ class Upgrader:
         """Wait, without blocking the event loop, until a standby still starting has sent its report."""
         import asyncio
 
-        # upgrade() refuses to run while the previous generation does, so
-        # only then is a pending start due; it runs here, on the loop.
+        # upgrade() refuses to run while the previous generation does, so a
+        # pending start is due only then, and it runs here, on the loop.
         if self._standby_pending and (self._parent_gone or self._poll_parent_gone()):
             self._start_pending_standby()
 

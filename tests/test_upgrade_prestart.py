@@ -516,7 +516,7 @@ def test_upgrade_at_parent_exit_uses_standby(start_run, tmp_path):
     ("mode", "thread"), [("running", "MainThread"), ("blocked", "fdpass-standby"), ("closed", "fdpass-standby")]
 )
 def test_standby_starts_on_ready_loop(start_run, mode, thread):
-    """Under a parent, the loop that called ready() starts the standby; if it is blocked or closed, a thread does."""
+    """Under a parent, the loop that called ready() starts the standby, or a thread if the loop is blocked or closed."""
     run = start_run("--ready-in-loop", mode)
 
     for _ in range(2):
