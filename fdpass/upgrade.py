@@ -407,8 +407,9 @@ class Upgrader:
         READY=1, since systemd accepts notifications from the main PID only
         by default. With prestart, then starts the standby, or under a
         parent, once the parent has exited: from the asyncio event loop
-        running in this thread, if there is one, else from a thread. Calling
-        it again does nothing.
+        running in this thread, if there is one and it runs the start within
+        1 s, else from a thread. An upgrade that begins first starts it
+        itself. Calling it again does nothing.
 
         If an earlier Upgrader in this process called ready(), the previous
         generation already has this PID, so this call sends nothing to the
@@ -928,6 +929,10 @@ class Upgrader:
             standby, self._standby = self._standby, None
         return standby
 
+    def _wait_standby_lock(self) -> None:
+        with self._standby_lock:
+            pass
+
     def _stop_standby(self) -> None:
         standby = self._take_standby(for_upgrade=False)
         if standby is None:
@@ -945,8 +950,12 @@ class Upgrader:
         import asyncio
 
         # upgrade() refuses to run while the previous generation does, so a
-        # pending start is due only then, and it runs here, on the loop.
-        if self._standby_pending and (self._parent_gone or self._poll_parent_gone()):
+        # start left by ready() is due only then. Another thread that is
+        # starting the standby holds _standby_lock until the standby runs,
+        # so that wait happens off the loop. A start still pending runs here.
+        if self._prestart is not False and (self._parent_gone or self._poll_parent_gone()):
+            if self._standby_lock.locked():
+                await asyncio.to_thread(self._wait_standby_lock)
             self._start_pending_standby()
 
         standby = self._standby

@@ -730,6 +730,37 @@ def test_silent_standby_costs_report_timeout(start_run, tmp_path, api):
     run.finish()
 
 
+def test_upgrade_async_waits_for_thread_start(start_run, tmp_path):
+    """upgrade_async() at the parent's exit, while a thread starts the standby, waits for it without blocking the loop.
+
+    The standby never reports, so a wait on the loop would stall the ticker
+    for REPORT_TIMEOUT. The slow start makes the upgrade begin while the
+    thread still holds the standby lock.
+    """
+    env, _ = blocking_module(tmp_path)
+    token = tmp_path / "upgrade-token"
+    token.touch()
+    run = start_run(
+        "--asyncio", "--prestart", '["prestart_blocking_module"]', "--slow-standby-start", "0.5", env=env
+    )
+    run.set_control(upgrade_token=str(token))
+
+    _, upgraded, _ = run.upgrade()
+    second = upgraded["new_pid"]
+    outcome = run.wait_event(second, "upgraded", "upgrade-failed")
+
+    assert outcome["event"] == "upgraded", outcome
+    assert not token.exists()
+    assert outcome["max_loop_gap"] < REPORT_TIMEOUT
+    expected = f"no report of its preloaded modules within {REPORT_TIMEOUT:g} s"
+    assert any(expected in message for message in run.logs(second)), run.logs(second)
+    run.wait_event(outcome["new_pid"], "ready")
+    run.wait_event(second, "exit")
+    assert wait_ended(second)
+    run.current = outcome["new_pid"]
+    run.finish()
+
+
 def test_stop_ends_wait_for_report(start_run, tmp_path):
     """stop() while upgrade() waits for a standby's report: UpgradeError, and no new generation starts."""
     env, _ = blocking_module(tmp_path)

@@ -207,6 +207,8 @@ async def upgrade_with_ticker(upgrader: fdpass.Upgrader, loop_gaps: list[float])
             last = now
 
     ticker = asyncio.create_task(tick())
+    # Let the ticker take its first time, so a block at the start of the upgrade counts too.
+    await asyncio.sleep(0)
     try:
         return await upgrader.upgrade_async()
     finally:
@@ -224,6 +226,13 @@ def main() -> int:
         "--ready-in-loop",
         choices=["running", "blocked", "closed"],
         help="call ready() from an asyncio event loop, which then runs, blocks or closes (see ready_in_loop())",
+    )
+    parser.add_argument(
+        "--slow-standby-start",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="sleep this long at the start of each standby start, inside fdpass's standby lock",
     )
     parser.add_argument("--exit-early", action="store_true", help="exit without stop() once the standby runs")
     parser.add_argument(
@@ -244,6 +253,17 @@ def main() -> int:
     if args.asyncio:
         # Imported before the standby starts, as an asyncio server does, so that the standby preloads it.
         import asyncio
+
+    if args.slow_standby_start:
+        from fdpass import prestart as prestart_module
+
+        original_start = prestart_module.start
+
+        def slow_start(modules: tuple[str, ...] | None) -> object:
+            time.sleep(args.slow_standby_start)
+            return original_start(modules)
+
+        prestart_module.start = slow_start
 
     upgrader = fdpass.Upgrader(upgrade_timeout=20, prestart=json.loads(args.prestart))
     if upgrader.has_parent and read_control(args.control).get("crash"):
