@@ -134,6 +134,26 @@ class Run:
         self.current = outcome["new_pid"]
         return upgrading, outcome, ready
 
+    def upgrade_at_parent_exit(self, token: pathlib.Path) -> tuple[int, dict]:
+        """Upgrade once with the upgrade token set, so the new generation upgrades itself at its parent's exit.
+
+        Returns the second generation's PID and its "upgraded" event, once it
+        has exited and the third generation is ready and current.
+        """
+        token.touch()
+        self.set_control(upgrade_token=str(token))
+        _, upgraded, _ = self.upgrade()
+        second = upgraded["new_pid"]
+        outcome = self.wait_event(second, "upgraded", "upgrade-failed")
+
+        assert outcome["event"] == "upgraded", outcome
+        assert not token.exists()
+        self.wait_event(outcome["new_pid"], "ready")
+        self.wait_event(second, "exit")
+        assert wait_ended(second)
+        self.current = outcome["new_pid"]
+        return second, outcome
+
     def logs(self, pid: int) -> list[str]:
         return [event["message"] for event in self.events if event["event"] == "log" and event["pid"] == pid]
 
@@ -491,24 +511,12 @@ def test_crash_through_standby_keeps_parent(start_run):
 
 def test_upgrade_at_parent_exit_uses_standby(start_run, tmp_path):
     """An upgrade started the moment the previous generation exits still hands over to a standby."""
-    token = tmp_path / "upgrade-token"
-    token.touch()
     run = start_run()
-    run.set_control(upgrade_token=str(token))
 
-    _, upgraded, _ = run.upgrade()
-    second = upgraded["new_pid"]
-    outcome = run.wait_event(second, "upgraded", "upgrade-failed")
+    second, outcome = run.upgrade_at_parent_exit(tmp_path / "upgrade-token")
 
-    assert outcome["event"] == "upgraded", outcome
-    assert not token.exists()
-    third = outcome["new_pid"]
     messages = run.logs(second)
-    assert any(f"over to standby PID {third}" in message for message in messages), messages
-    run.wait_event(third, "ready")
-    run.wait_event(second, "exit")
-    assert wait_ended(second)
-    run.current = third
+    assert any(f"over to standby PID {outcome['new_pid']}" in message for message in messages), messages
     run.finish()
 
 
@@ -531,24 +539,13 @@ def test_standby_starts_on_ready_loop(start_run, mode, thread):
 @pytest.mark.parametrize("api", ["upgrade", "upgrade_async"])
 def test_upgrade_during_blocked_loop_starts_standby(start_run, tmp_path, api):
     """An upgrade that begins while the loop of ready() is blocked starts the pending standby and hands over to it."""
-    token = tmp_path / "upgrade-token"
-    token.touch()
     run = start_run("--ready-in-loop", "blocked", *(["--asyncio"] if api == "upgrade_async" else []))
-    run.set_control(upgrade_token=str(token))
 
-    _, upgraded, _ = run.upgrade()
-    second = upgraded["new_pid"]
-    outcome = run.wait_event(second, "upgraded", "upgrade-failed")
+    second, outcome = run.upgrade_at_parent_exit(tmp_path / "upgrade-token")
 
-    assert outcome["event"] == "upgraded", outcome
-    assert not token.exists()
     third = outcome["new_pid"]
     assert run.wait_log(second, f"standby PID {third} started")["thread"] == "signals"
     assert any(f"over to standby PID {third}" in message for message in run.logs(second))
-    run.wait_event(third, "ready")
-    run.wait_event(second, "exit")
-    assert wait_ended(second)
-    run.current = third
     run.finish()
 
 
@@ -738,26 +735,15 @@ def test_upgrade_async_waits_for_thread_start(start_run, tmp_path):
     thread still holds the standby lock.
     """
     env, _ = blocking_module(tmp_path)
-    token = tmp_path / "upgrade-token"
-    token.touch()
     run = start_run(
         "--asyncio", "--prestart", '["prestart_blocking_module"]', "--slow-standby-start", "0.5", env=env
     )
-    run.set_control(upgrade_token=str(token))
 
-    _, upgraded, _ = run.upgrade()
-    second = upgraded["new_pid"]
-    outcome = run.wait_event(second, "upgraded", "upgrade-failed")
+    second, outcome = run.upgrade_at_parent_exit(tmp_path / "upgrade-token")
 
-    assert outcome["event"] == "upgraded", outcome
-    assert not token.exists()
     assert outcome["max_loop_gap"] < REPORT_TIMEOUT
     expected = f"no report of its preloaded modules within {REPORT_TIMEOUT:g} s"
     assert any(expected in message for message in run.logs(second)), run.logs(second)
-    run.wait_event(outcome["new_pid"], "ready")
-    run.wait_event(second, "exit")
-    assert wait_ended(second)
-    run.current = outcome["new_pid"]
     run.finish()
 
 
