@@ -28,6 +28,8 @@ def notify_address(value: str) -> str | bytes:
         return value
     if value.startswith("@") and len(value) > 1:
         return b"\0" + os.fsencode(value[1:])
+    if value == "@":
+        raise ValueError(f"{NOTIFY_SOCKET}='@' names no socket: an abstract name needs a character after '@'")
     raise ValueError(
         f"{NOTIFY_SOCKET}={value!r} is not supported: expected an absolute socket path "
         "or an abstract name starting with '@'"

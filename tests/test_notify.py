@@ -91,6 +91,12 @@ def test_notify_rejects_unsupported_address(value):
         notify.notify("READY=1", environ={notify.NOTIFY_SOCKET: value})
 
 
+def test_notify_rejects_empty_abstract_name():
+    """A bare '@' gets a message that says the abstract name after it is missing."""
+    with pytest.raises(ValueError, match="needs a character after '@'"):
+        notify.notify("READY=1", environ={notify.NOTIFY_SOCKET: "@"})
+
+
 @pytest.mark.parametrize("assignment", ["READY", "=1", "STATUS=two\nlines"])
 def test_notify_rejects_malformed_assignment(assignment):
     """An assignment without KEY=, or with a newline, raises ValueError before anything is sent."""
