@@ -82,7 +82,8 @@ def current(environ: Mapping[str, str] | None = None) -> StartCommand:
         # Standard input is consumed, so a re-run would read nothing and exit.
         raise ValueError(
             "this program was read from standard input or runs interactively (sys.argv[0] is "
-            f"{argv[0]!r}), so it cannot be run again as it was started; pass argv= to reexec()"
+            f"{argv[0]!r}), so it cannot be run again as it was started; run it from a file or with -m, "
+            "or pass argv= to reexec()"
         )
     if not orig_argv or len(argv) > len(orig_argv):
         return StartCommand(executable, [executable, *argv])

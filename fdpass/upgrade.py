@@ -533,11 +533,15 @@ class Upgrader:
                 runs. Or the new generation could not start, exited before
                 ready(), closed its readiness pipe before ready() (for
                 example by stop()) and was killed, or was not ready within
-                upgrade_timeout and was killed. Or an fd to pass is closed
-                or passed twice, with or without prestart. Either way nothing about this
+                upgrade_timeout and was killed. Or an fd number in fds is not
+                open, or is also the fd of a socket from listen(). Or this
+                program cannot be started again, because it was read from
+                standard input. Or this process was forked from the one that
+                created the Upgrader. Either way nothing about this
                 generation changed, and a later upgrade() may succeed.
-            TypeError, ValueError: state or fds is malformed, or a name in
-                fds is also the name of a socket from listen().
+            TypeError, ValueError: state or fds is malformed: a name in fds
+                is also the name of a socket from listen(), two names map to
+                one fd, or an fd is negative or a closed socket object.
         """
         attempt = self._begin_upgrade(state, fds)
 
@@ -721,6 +725,13 @@ class Upgrader:
         return None
 
     def _begin_upgrade(self, state: object, fds: Mapping[str, restart.FdLike] | None) -> _Attempt:
+        # Checked before self._lock, which another thread may have held at fork().
+        if os.getpid() != self._owner_pid:
+            raise UpgradeError(
+                f"upgrade not allowed: PID {os.getpid()} was forked from PID {self._owner_pid}, which created "
+                "this Upgrader; only that process may upgrade, or the generations would fork apart"
+            )
+
         state_bytes = None if state is None else state_module.to_bytes(state)
         if fds is not None and not isinstance(fds, Mapping):
             raise TypeError(f"fds must be a mapping from name to fd, not {type(fds).__name__}")
@@ -765,7 +776,10 @@ class Upgrader:
         environ = dict(os.environ)
         environ.pop(_socket_env.VARIABLE, None)
         environ[PARENT_PID_VARIABLE] = str(os.getpid())
-        start = command.current(environ)
+        try:
+            start = command.current(environ)
+        except ValueError as error:
+            raise UpgradeError(f"upgrade not started: {error}") from error
         environ.update(start.env_updates)
         path = os.fsencode(start.executable)
         argv = restart._encode_argv(start.argv)
@@ -830,6 +844,9 @@ class Upgrader:
         passed: list[int],
     ) -> tuple[int, float]:
         """Hand over to the standby if it is fit, else spawn cold; return the PID and the start time."""
+        # NOTE: the new generation does not watch this process until ready().
+        # If this process dies without stop(), a new generation that hangs
+        # before ready() keeps the listening sockets (docs/upgrade.md, Limits).
         if self._prestart is not False:
             # A standby receives the fds through SCM_RIGHTS, which accepts
             # what fdpass_spawn() rejects, so check them as it does.

@@ -7,8 +7,10 @@ import fcntl
 import os
 import shutil
 import socket
+import subprocess
 import tempfile
 import threading
+import warnings
 
 import pytest
 from conftest import child_pids
@@ -77,6 +79,57 @@ def test_upgrade_before_ready_starts_nothing():
 
     assert caught.value.pid is None
     assert child_pids() == before
+
+
+def test_upgrade_in_forked_child_refused():
+    """upgrade() in a child forked from the generation raises UpgradeError naming both PIDs."""
+    read_end, write_end = os.pipe()
+    with fdpass.Upgrader() as upgrader:
+        upgrader.ready()
+        with warnings.catch_warnings():
+            # pytest's own threads make os.fork() warn on Python 3.12 and later.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+        if pid == 0:
+            try:
+                upgrader.upgrade()
+                outcome = "upgrade() returned"
+            except BaseException as error:
+                outcome = f"{type(error).__name__}: {error}"
+            os.write(write_end, outcome.encode()[:4000])
+            os._exit(0)
+
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as stream:
+            outcome = stream.read().decode()
+        _, status = os.waitpid(pid, 0)
+
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert outcome.startswith("UpgradeError: "), outcome
+    assert f"PID {pid} was forked from PID {os.getpid()}" in outcome
+
+
+def test_upgrade_of_stdin_program_raises_upgrade_error(children):
+    """A program read from standard input gets UpgradeError from upgrade(), since a new run would read nothing."""
+    child = children.python("-", stdin=subprocess.PIPE)
+    assert child.popen.stdin is not None
+    child.popen.stdin.write(
+        b"import fdpass\n"
+        b"upgrader = fdpass.Upgrader()\n"
+        b"upgrader.ready()\n"
+        b"try:\n"
+        b"    upgrader.upgrade()\n"
+        b"except fdpass.UpgradeError as error:\n"
+        b"    print('UpgradeError', error, flush=True)\n"
+    )
+    child.popen.stdin.close()
+
+    line = child.readline()
+    status, _, stderr = child.finish()
+
+    assert status == 0, stderr
+    assert line.startswith("UpgradeError upgrade not started"), line
+    assert "standard input" in line
 
 
 def test_first_generation_has_no_parent():
