@@ -92,7 +92,7 @@ def test_notify_rejects_unsupported_address(value):
 
 
 def test_notify_rejects_empty_abstract_name():
-    """A bare '@' gets a message that says the abstract name after it is missing."""
+    """A bare '@' raises ValueError naming the missing abstract name."""
     with pytest.raises(ValueError, match="needs a character after '@'"):
         notify.notify("READY=1", environ={notify.NOTIFY_SOCKET: "@"})
 

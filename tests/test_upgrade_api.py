@@ -87,7 +87,7 @@ def test_upgrade_in_forked_child_refused():
     with fdpass.Upgrader() as upgrader:
         upgrader.ready()
         with warnings.catch_warnings():
-            # pytest's own threads make os.fork() warn on Python 3.12 and later.
+            # On Python 3.12 and later, os.fork() warns if another thread runs.
             warnings.simplefilter("ignore", DeprecationWarning)
             pid = os.fork()
         if pid == 0:
@@ -109,7 +109,7 @@ def test_upgrade_in_forked_child_refused():
     assert f"PID {pid} was forked from PID {os.getpid()}" in outcome
 
 
-def test_upgrade_of_stdin_program_raises_upgrade_error(children):
+def test_stdin_program_upgrade_raises(children):
     """A program read from standard input gets UpgradeError from upgrade(), since a new run would read nothing."""
     child = children.python("-", stdin=subprocess.PIPE)
     assert child.popen.stdin is not None
