@@ -329,11 +329,12 @@ class Upgrader:
         # Held while a standby starts or is taken, so upgrade() waits for one being started.
         self._standby_lock = threading.Lock()
         self._standby: Standby | None = None
-        # True from a ready() under a parent until one caller claims the
-        # standby's start under _standby_lock: the event loop, the thread
-        # that waits for the parent, or an upgrade.
-        self._standby_pending = False
+        # Cleared by a ready() under a parent, which leaves the standby's
+        # start for later. Set again, under _standby_lock, by the one caller
+        # that claims that start: the event loop, the thread that waits for
+        # the parent, or an upgrade.
         self._standby_claimed = threading.Event()
+        self._standby_claimed.set()
 
         ready_pipe = _inherited_pipe(inherited, READY_FD_NAME)
         # An earlier Upgrader's ready() or stop() closes the inherited pipe.
@@ -456,7 +457,7 @@ class Upgrader:
         # upgrade() is not allowed before the previous generation has exited,
         # so the standby starts only then, and its start-up does not compete
         # for CPU with that generation's last requests and exit.
-        self._standby_pending = True
+        self._standby_claimed.clear()
         loop = _running_loop()
         thread = threading.Thread(
             target=self._start_standby_after_parent, args=(loop,), name="fdpass-standby", daemon=True
@@ -729,7 +730,7 @@ class Upgrader:
         if os.getpid() != self._owner_pid:
             raise UpgradeError(
                 f"upgrade not allowed: PID {os.getpid()} was forked from PID {self._owner_pid}, which created "
-                "this Upgrader; only that process may upgrade, or the generations would fork apart"
+                f"this Upgrader; call upgrade() in PID {self._owner_pid}, so that one line of generations serves"
             )
 
         state_bytes = None if state is None else state_module.to_bytes(state)
@@ -916,9 +917,8 @@ class Upgrader:
 
         with self._standby_lock:
             if only_if_pending:
-                if not self._standby_pending:
+                if self._standby_claimed.is_set():
                     return
-                self._standby_pending = False
                 self._standby_claimed.set()
             with self._lock:
                 if self._state != _READY or (self._upgrading and not during_upgrade) or self._standby is not None:
