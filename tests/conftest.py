@@ -219,6 +219,14 @@ class ChildProcesses:
         """Start this interpreter (sys.executable) with args."""
         return self.start([sys.executable, *args], **options)  # type: ignore[arg-type]
 
+    def python_stdin(self, code: bytes, **options: object) -> Child:
+        """Start this interpreter as `python -`, write code to its stdin and close it."""
+        child = self.python("-", stdin=subprocess.PIPE, **options)
+        assert child.popen.stdin is not None
+        child.popen.stdin.write(code)
+        child.popen.stdin.close()
+        return child
+
     def helper(self, name: str, *args: str, **options: object) -> Child:
         """Start tests/helpers/NAME with this interpreter and args."""
         return self.python(HELPERS / name, *args, **options)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import subprocess
 
 import pytest
 
@@ -73,19 +72,13 @@ def test_name_of_255_characters_accepted(results):
 
 def test_program_from_stdin_not_rerun(children):
     """A program read from standard input gets ValueError, because a re-run would read nothing."""
-    child = children.python(
-        "-",
-        stdin=subprocess.PIPE,
-    )
-    assert child.popen.stdin is not None
-    child.popen.stdin.write(
+    child = children.python_stdin(
         b"import fdpass\n"
         b"try:\n"
         b"    fdpass.reexec([])\n"
         b"except ValueError as error:\n"
         b"    print('ValueError', error, flush=True)\n"
     )
-    child.popen.stdin.close()
 
     line = child.readline()
     status, _, stderr = child.finish()

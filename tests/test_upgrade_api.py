@@ -7,7 +7,6 @@ import fcntl
 import os
 import shutil
 import socket
-import subprocess
 import tempfile
 import threading
 import warnings
@@ -111,9 +110,7 @@ def test_upgrade_in_forked_child_refused():
 
 def test_stdin_program_upgrade_raises(children):
     """A program read from standard input gets UpgradeError from upgrade(), since a new run would read nothing."""
-    child = children.python("-", stdin=subprocess.PIPE)
-    assert child.popen.stdin is not None
-    child.popen.stdin.write(
+    child = children.python_stdin(
         b"import fdpass\n"
         b"upgrader = fdpass.Upgrader()\n"
         b"upgrader.ready()\n"
@@ -122,7 +119,6 @@ def test_stdin_program_upgrade_raises(children):
         b"except fdpass.UpgradeError as error:\n"
         b"    print('UpgradeError', error, flush=True)\n"
     )
-    child.popen.stdin.close()
 
     line = child.readline()
     status, _, stderr = child.finish()
