@@ -54,6 +54,8 @@ class ListenSpec:
     name: str
     address: Address
     type: int
+    # False when the value had no NAME= and name is the default "unknown".
+    named: bool = True
 
     def resolve(self) -> Target:
         """Return the addresses.Target for this spec; resolves a host name."""
@@ -157,7 +159,7 @@ def parse(text: str) -> ListenSpec:
             raise ValueError(f"{text!r} is not an address; expected {FORMS}")
         address = _parse_inet(text, rest)
 
-    return ListenSpec(text, name or protocol.DEFAULT_NAME, address, sock_type)
+    return ListenSpec(text, name or protocol.DEFAULT_NAME, address, sock_type, named=name is not None)
 
 
 def format_bound(sock: socket.socket) -> str:

@@ -249,7 +249,10 @@ def bind_all(specs: list[cliaddress.ListenSpec], backlog: int | None) -> list[tu
 
     for spec in specs:
         try:
-            sock = restart.listen(spec.address, type=spec.type, backlog=backlog, name=spec.name)
+            # Unnamed, two values with port 0 get two sockets, as two
+            # listen() calls without a name do.
+            name = spec.name if spec.named else None
+            sock = restart.listen(spec.address, type=spec.type, backlog=backlog, name=name)
         except ValueError as error:
             raise RunError(f"--listen {spec.text}: {error}", EXIT_USAGE) from None
         except OSError as error:

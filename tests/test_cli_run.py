@@ -180,6 +180,19 @@ def test_repeated_address_is_reported(children):
     assert "repeats the address" in stderr
 
 
+def test_unnamed_port_zero_twice_binds_two_sockets(children):
+    """Two unnamed --listen values with port 0 get two ports, both passed as "unknown"."""
+    report_command = [sys.executable, str(HELPERS / "report_listen_fds.py")]
+    child = children.start(fdpass_run("-l", "127.0.0.1:0", "-l", "127.0.0.1:0", "--", *report_command))
+    report = child.read_json()
+    status, _, stderr = child.finish()
+
+    assert status == 0, stderr
+    assert report["env"]["LISTEN_FDNAMES"] == "unknown:unknown"
+    ports = {entry["address"][1] for entry in report["sockets"]}
+    assert len(ports) == 2
+
+
 def test_run_adopts_socket_from_systemd_socket_activate(children):
     """Under systemd-socket-activate, fdpass run reuses the passed socket instead of binding again."""
     activate = shutil.which("systemd-socket-activate")
