@@ -56,6 +56,9 @@ def _resolve_inet(address: tuple[object, ...], sock_type: int) -> Target:
         raise TypeError(f"host in address {address!r} must be a str, not {type(host).__name__}")
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
         raise ValueError(f"port in address {address!r} must be an int from 0 to 65535")
+    # getaddrinfo() would read the host only up to the NUL and bind there.
+    if "\0" in host:
+        raise ValueError(f"host in address {address!r} contains a NUL character; give an IP address or a host name")
 
     try:
         infos = socket.getaddrinfo(
@@ -75,6 +78,11 @@ def _resolve_unix(address: str | bytes | os.PathLike[str], sock_type: int) -> Ta
     path = os.fsencode(address)
     if not path:
         raise ValueError("Unix socket address is empty; give a path, or a NUL-prefixed abstract name")
+
+    if b"\0" in path and not path.startswith(b"\0"):
+        raise ValueError(
+            f"Unix socket path {address!r} contains a NUL byte; a path cannot, and an abstract name starts with NUL"
+        )
 
     limit = _SUN_PATH_SIZE if path.startswith(b"\0") else _SUN_PATH_SIZE - 1
     if len(path) > limit:

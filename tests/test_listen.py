@@ -9,6 +9,8 @@ import socket
 
 import pytest
 
+import fdpass
+
 
 def run_cases(children, cases, *, restart=False):
     args = [json.dumps(cases)] + (["--restart"] if restart else [])
@@ -225,6 +227,23 @@ def test_bad_address_rejected(children, address, sock_type, error_type):
     first, _, _ = run_cases(children, [["bad", address, sock_type, None]])
 
     assert first["bad"]["error_type"] == error_type, first
+
+
+@pytest.mark.parametrize(
+    ("address", "expected"),
+    [
+        ("/tmp/fdpass\0socket", "contains a NUL byte"),
+        (b"/tmp/fdpass\0socket", "contains a NUL byte"),
+        (("127.0.0.1\0", 0), "contains a NUL character"),
+    ],
+)
+def test_nul_in_address_rejected(address, expected):
+    """A NUL inside a path or host is rejected with the address, before anything is bound."""
+    with pytest.raises(ValueError) as raised:
+        fdpass.listen(address)
+
+    assert expected in str(raised.value)
+    assert repr(address) in str(raised.value)
 
 
 def test_listen_skips_accepted_connections(children, tmp_path):
