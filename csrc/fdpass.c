@@ -21,6 +21,8 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <stdint.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "fdpass.h"
@@ -1155,4 +1157,48 @@ out:
 int fdpass_set_child_subreaper(int on)
 {
     return prctl(PR_SET_CHILD_SUBREAPER, on ? 1 : 0, 0, 0, 0) == -1 ? -1 : 0;
+}
+
+/*
+ * Create a timer that sends SIGKILL to the whole process at the absolute
+ * CLOCK_MONOTONIC time deadline_ns, and store its id in *timer_out.
+ * deadline_ns must be above 0, since an all-zero it_value disarms a timer.
+ * A deadline already past fires at once.
+ */
+int fdpass_kill_timer_arm(long long deadline_ns, intptr_t *timer_out)
+{
+    struct sigevent event;
+    struct itimerspec when;
+    timer_t timer;
+    int saved_errno;
+
+    if (deadline_ns <= 0) {
+        errno = EINVAL;
+        return -1;
+    }
+
+    memset(&event, 0, sizeof event);
+    event.sigev_notify = SIGEV_SIGNAL;
+    event.sigev_signo = SIGKILL;
+    if (timer_create(CLOCK_MONOTONIC, &event, &timer) == -1)
+        return -1;
+
+    memset(&when, 0, sizeof when);
+    when.it_value.tv_sec = (time_t)(deadline_ns / 1000000000LL);
+    when.it_value.tv_nsec = (long)(deadline_ns % 1000000000LL);
+    if (timer_settime(timer, TIMER_ABSTIME, &when, NULL) == -1) {
+        saved_errno = errno;
+        timer_delete(timer);
+        errno = saved_errno;
+        return -1;
+    }
+
+    *timer_out = (intptr_t)timer;
+    return 0;
+}
+
+/* Delete a timer from fdpass_kill_timer_arm(), so that it sends no signal. */
+int fdpass_kill_timer_cancel(intptr_t timer)
+{
+    return timer_delete((timer_t)timer) == -1 ? -1 : 0;
 }

@@ -43,3 +43,9 @@ int fdpass_spawn(const char *path, char *const argv[], char *const envp[],
                  const int *fds, int nfds, int flags, int *bad_index);
 
 int fdpass_set_child_subreaper(int on);
+
+/* A POSIX timer that sends SIGKILL to this process at deadline_ns on
+ * CLOCK_MONOTONIC. execve and fork do not carry it over. */
+int fdpass_kill_timer_arm(long long deadline_ns, intptr_t *timer_out);
+
+int fdpass_kill_timer_cancel(intptr_t timer);

@@ -206,6 +206,25 @@ def set_child_subreaper(on: bool = True) -> None:
         raise_errno(ffi.errno)
 
 
+def arm_kill_timer(deadline_ns: int) -> int:
+    """Arrange SIGKILL for this process at deadline_ns on CLOCK_MONOTONIC (time.monotonic_ns()); return the timer id.
+
+    Raises:
+        OSError: the timer could not be created, for example EAGAIN when the
+            process has too many timers or pending signals.
+    """
+    timer = ffi.new("intptr_t *")
+    if lib.fdpass_kill_timer_arm(deadline_ns, timer) == -1:
+        raise_errno(ffi.errno)
+    return int(timer[0])
+
+
+def cancel_kill_timer(timer: int) -> None:
+    """Delete a timer from arm_kill_timer(), so it sends no SIGKILL."""
+    if lib.fdpass_kill_timer_cancel(timer) == -1:
+        raise_errno(ffi.errno)
+
+
 def set_cloexec_range(first_fd: int, count: int) -> None:
     """Set FD_CLOEXEC on first_fd .. first_fd + count - 1, with one close_range() where the kernel has it."""
     if lib.fdpass_set_cloexec_range(first_fd, count) == -1:

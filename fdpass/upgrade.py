@@ -53,11 +53,20 @@ READY_FD_NAME = "fdpass-ready"
 PARENT_FD_NAME = "fdpass-parent"
 #: The environment variable with the PID of the generation that started this one.
 PARENT_PID_VARIABLE = "FDPASS_PARENT_PID"
+#: The environment variable with the time.monotonic_ns() at which a new
+#: generation that has not called ready() kills itself.
+READY_DEADLINE_VARIABLE = "FDPASS_READY_DEADLINE_NS"
 
 
 # poll() takes its timeout in milliseconds as a C int, so a longer wait is
 # split into waits of at most this many milliseconds (about 24.8 days).
 _POLL_MAX_MS = 2**31 - 1
+
+# Seconds that a new generation waits past its parent's upgrade_timeout
+# before it kills itself. A parent that is alive kills it first and reports
+# the timeout, so the new generation's own deadline matters only once that
+# parent has died.
+_READY_DEADLINE_GRACE = 1.0
 
 # Seconds that upgrade() waits, after EOF on the readiness pipe, for the new
 # generation to exit by itself before it sends SIGKILL. An exiting Python
@@ -87,6 +96,9 @@ _active: Upgrader | None = None
 _ready_pipe_closed_in: str | None = None
 # The value of PARENT_PID_VARIABLE, which the first Upgrader removes from the environment.
 _inherited_parent_pid: int | None = None
+# (timer id, PID of the process that armed it) of the timer that kills this
+# generation at READY_DEADLINE_VARIABLE's time, until ready() deletes it.
+_ready_deadline_timer: tuple[int, int] | None = None
 _exit_hook_registered = False
 
 
@@ -241,6 +253,55 @@ def _parent_pid() -> int:
     return os.getppid()
 
 
+def _arm_ready_deadline() -> None:
+    """Arm the timer that kills this generation at its parent's deadline plus a grace, unless ready() comes first.
+
+    Takes READY_DEADLINE_VARIABLE out of os.environ, so the program's own
+    children do not inherit it.
+    """
+    global _ready_deadline_timer
+
+    text = os.environ.pop(READY_DEADLINE_VARIABLE, "")
+    if not text or _ready_deadline_timer is not None:
+        return
+    if not (text.isascii() and text.isdigit() and 0 < int(text) < 2**63):
+        _log.warning("ignoring %s=%r, which is not a time.monotonic_ns() value", READY_DEADLINE_VARIABLE, text)
+        return
+
+    try:
+        timer = _native.arm_kill_timer(int(text))
+    except OSError as error:
+        _log.warning(
+            "this generation cannot arm its ready() deadline, so if its parent dies, "
+            "a hang before ready() keeps the listening sockets: %s",
+            error,
+        )
+        return
+    _ready_deadline_timer = (timer, os.getpid())
+    seconds = (int(text) - time.monotonic_ns()) / 1e9
+    _log.debug("generation PID %d kills itself unless ready() is called within %.1f s", os.getpid(), seconds)
+
+
+def _cancel_ready_deadline() -> None:
+    global _ready_deadline_timer
+
+    # A child forked without exec has no copy of the timer.
+    if _ready_deadline_timer is None or _ready_deadline_timer[1] != os.getpid():
+        return
+    timer, _ = _ready_deadline_timer
+    _ready_deadline_timer = None
+    try:
+        _native.cancel_kill_timer(timer)
+    except OSError as error:
+        _log.warning("could not delete the ready() deadline timer %d: %s", timer, error)
+
+
+def _ready_deadline_value(upgrade_timeout: float) -> str | None:
+    """Return READY_DEADLINE_VARIABLE's value for a new generation started now, or None for a timeout too large."""
+    deadline_ns = time.monotonic_ns() + math.ceil((upgrade_timeout + _READY_DEADLINE_GRACE) * 1e9)
+    return str(deadline_ns) if deadline_ns < 2**63 else None
+
+
 def _close_quietly(fd: int | None) -> None:
     if fd is None or fd < 0:
         return
@@ -264,7 +325,8 @@ class Upgrader:
 
     Args:
         upgrade_timeout: seconds the new generation has to call ready()
-            before it is killed with SIGKILL.
+            before it is killed with SIGKILL. If this generation dies
+            first, the new one kills itself 1 s after that time.
         pid_file: a path that ready() writes this process's PID to,
             atomically, or None.
         prestart: True to start the next generation's interpreter, a
@@ -343,6 +405,12 @@ class Upgrader:
         self._parent_pipe = _inherited_pipe(inherited, PARENT_FD_NAME)
         self._parent_pid = _parent_pid() if self._parent_pipe is not None else None
         self._parent_gone = self._parent_pipe is None
+        # NOTE: a new generation that hangs before it creates its Upgrader,
+        # for example in an import, is not covered by this deadline.
+        if self._ready_pipe is not None:
+            _arm_ready_deadline()
+        else:
+            os.environ.pop(READY_DEADLINE_VARIABLE, None)
 
     def __repr__(self) -> str:
         return f"<fdpass.Upgrader pid={os.getpid()} state={self._state!r} has_parent={self.has_parent}>"
@@ -402,7 +470,9 @@ class Upgrader:
     def ready(self) -> None:
         """Declare this generation ready to serve.
 
-        Writes the PID file, then writes this PID to the readiness pipe, so
+        Writes the PID file, deletes the timer that would kill this
+        generation if its parent died and it missed its deadline, then
+        writes this PID to the readiness pipe, so
         the previous generation's upgrade() returns it. In a first generation, sends READY=1 to
         NOTIFY_SOCKET instead; under a parent, the parent sends MAINPID= and
         READY=1, since systemd accepts notifications from the main PID only
@@ -442,6 +512,9 @@ class Upgrader:
             if ready_pipe is not None:
                 _ready_pipe_closed_in = _READY
 
+        # Deleted before the readiness write, so that the timer cannot kill a
+        # generation that its parent already counts as ready.
+        _cancel_ready_deadline()
         if self._ready_pipe_was_closed:
             _log.info(
                 "generation PID %d is ready; an earlier Upgrader already notified its parent PID %s",
@@ -776,6 +849,7 @@ class Upgrader:
 
         environ = dict(os.environ)
         environ.pop(_socket_env.VARIABLE, None)
+        environ.pop(READY_DEADLINE_VARIABLE, None)
         environ[PARENT_PID_VARIABLE] = str(os.getpid())
         try:
             start = command.current(environ)
@@ -845,28 +919,30 @@ class Upgrader:
         passed: list[int],
     ) -> tuple[int, float]:
         """Hand over to the standby if it is fit, else spawn cold; return the PID and the start time."""
-        # NOTE: the new generation does not watch this process until ready().
-        # If this process dies without stop(), a new generation that hangs
-        # before ready() keeps the listening sockets (docs/upgrade.md, Limits).
         if self._prestart is not False:
             # A standby receives the fds through SCM_RIGHTS, which accepts
             # what fdpass_spawn() rejects, so check them as it does.
             _check_passed_fds(passed)
         standby = self._take_standby()
         if standby is not None:
-            pid = self._hand_over(standby, start, environ, passed)
-            if pid is not None:
-                return pid, time.monotonic()
+            handed_over = self._hand_over(standby, start, environ, passed)
+            if handed_over is not None:
+                return handed_over
         if self._exit_event.is_set():
             raise UpgradeError("stop() was called during the upgrade; no new generation was started")
 
+        # The deadline is set at the start, so it is never before this
+        # process's own deadline of started + upgrade_timeout.
         started = time.monotonic()
+        deadline = _ready_deadline_value(self._upgrade_timeout)
+        if deadline is not None:
+            envp = [*envp, f"{READY_DEADLINE_VARIABLE}={deadline}".encode()]
         return _native.spawn_with_fds(path, argv, envp, passed), started
 
     def _hand_over(
         self, standby: Standby, start: command.StartCommand, environ: dict[str, str], passed: list[int]
-    ) -> int | None:
-        """Hand the new generation's fds and settings to standby; return its PID, or None to start cold."""
+    ) -> tuple[int, float] | None:
+        """Hand the new generation's fds and settings to standby; return its PID and the start time, or None."""
         reason = standby.unfit_reason(start, environ, len(passed), self._exit_read_fd)
         if self._exit_event.is_set():
             standby.kill()
@@ -879,13 +955,17 @@ class Upgrader:
                 reason = f"the working directory cannot be read ({error})"
 
         if reason is None:
+            started = time.monotonic()
+            deadline = _ready_deadline_value(self._upgrade_timeout)
+            if deadline is not None:
+                environ = {**environ, READY_DEADLINE_VARIABLE: deadline}
             try:
                 standby.hand_over(start.argv, environ, cwd, passed, self._join_timeout)
             except OSError as error:
                 reason = f"the hand-over failed: {error}"
             else:
                 _log.info("upgrade handed %d fds over to standby PID %d", len(passed), standby.pid)
-                return standby.pid
+                return standby.pid, started
 
         # A module named in prestart= that fails to import is a mistake in
         # the program, such as a misspelled name, so it gets a warning.

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
-from conftest import child_pids, clean_environment
+from conftest import child_pids, clean_environment, zombie_or_gone
 
 PR_SET_CHILD_SUBREAPER = 36
 
@@ -280,6 +280,49 @@ def test_crash_and_hang_keep_parent_serving(start_generations):
 
     assert client.errors == []
     assert len(client.answered) > 0
+
+
+def wait_reaped(pid: int, timeout: float = EVENT_TIMEOUT) -> bool:
+    """Reap pid if it is this process's child; return True once it no longer runs, False after timeout seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                return True
+        except ChildProcessError:
+            pass
+        if zombie_or_gone(pid) or time.monotonic() >= deadline:
+            return zombie_or_gone(pid)
+        time.sleep(0.01)
+
+
+def test_hung_generation_ends_after_parent_dies(start_generations):
+    """A new generation that hangs before ready() kills itself at its deadline, though its parent died mid-upgrade.
+
+    Otherwise it would keep the listening socket, with connections queued
+    and never accepted, because its dead parent can no longer kill it.
+    """
+    generations = start_generations("--timeout", "2", startup="hang")
+    first = generations.current
+
+    os.kill(first, signal.SIGHUP)
+    hanging = generations.wait_event(lambda e: e["event"] == "hanging", "hanging")
+    os.kill(first, signal.SIGKILL)
+
+    assert wait_reaped(hanging["pid"])
+    with pytest.raises(ConnectionRefusedError):
+        generations.request()
+
+
+def test_ready_generation_outlives_its_deadline(start_generations):
+    """ready() deletes the deadline timer: the new generation serves on past upgrade_timeout plus the grace."""
+    generations = start_generations("--timeout", "1")
+
+    _, ready = generations.upgrade()
+    assert ready["fdpass_variables"] == []
+    time.sleep(2.5)
+
+    assert generations.request().split()[0] == str(ready["pid"])
 
 
 def test_unpassed_fds_never_reach_child(start_generations, tmp_path):

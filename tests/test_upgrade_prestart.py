@@ -549,6 +549,22 @@ def test_upgrade_during_blocked_loop_starts_standby(start_run, tmp_path, api):
     run.finish()
 
 
+def test_hung_standby_generation_ends_after_parent_dies(start_run):
+    """A standby that became the new generation and hangs before ready() ends at its deadline after its parent died."""
+    run = start_run("--upgrade-timeout", "2")
+    old = run.current
+    standby = run.wait_event(old, "standby")["standby_pid"]
+    run.set_control(hang=True)
+
+    os.kill(old, signal.SIGHUP)
+    run.wait_event(standby, "hanging")
+    os.kill(old, signal.SIGKILL)
+
+    assert wait_ended(standby)
+    with pytest.raises(ConnectionRefusedError):
+        send_request(run.address, "after")
+
+
 def test_upgrades_through_standbys_under_load(start_run):
     """12 upgrades in a row, each through a standby, while a client keeps connecting: nothing refused."""
     run = start_run()

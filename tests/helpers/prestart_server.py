@@ -4,7 +4,7 @@ Every generation writes JSON events, one per line, to the shared stdout:
 "ready" (with what this generation saw when it started: its fds, LISTEN_PID,
 working directory, VERSION, the probe variable, and how __main__, sys.argv
 and sys.path were set up), "upgrading",
-"upgraded", "upgrade-failed", "crashing", "stopping" and "stopped" (around
+"upgraded", "upgrade-failed", "crashing", "hanging", "stopping" and "stopped" (around
 stop()), "standby" (once a
 standby runs for this generation, which under a parent is after the parent
 exited), "worker-exited" (with --fork-workers, the exit code of a forked
@@ -21,6 +21,7 @@ a generation starts:
 - "setenv": variables the old generation sets in os.environ before upgrade();
 - "chdir": a directory it changes into before upgrade();
 - "crash": true makes a generation with a parent exit with status 3 before ready().
+- "hang": true makes a generation with a parent sleep 600 s before ready().
 - "linger": seconds a generation waits before it exits, once it stopped serving.
 - "stop_during_upgrade": seconds after the upgrade starts at which another
   thread calls stop().
@@ -220,6 +221,7 @@ def main() -> int:
     parser.add_argument("--address", required=True)
     parser.add_argument("--control", required=True)
     parser.add_argument("--prestart", default="true", help="JSON: true, false or a list of module names")
+    parser.add_argument("--upgrade-timeout", type=float, default=20.0, help="Upgrader's upgrade_timeout, in seconds")
     parser.add_argument("--module", help="a module to import and report VALUE of")
     parser.add_argument("--asyncio", action="store_true", help="upgrade with upgrade_async() in an event loop")
     parser.add_argument(
@@ -265,10 +267,14 @@ def main() -> int:
 
         prestart_module.start = slow_start
 
-    upgrader = fdpass.Upgrader(upgrade_timeout=20, prestart=json.loads(args.prestart))
+    upgrader = fdpass.Upgrader(upgrade_timeout=args.upgrade_timeout, prestart=json.loads(args.prestart))
     if upgrader.has_parent and read_control(args.control).get("crash"):
         emit("crashing")
         return 3
+    if upgrader.has_parent and read_control(args.control).get("hang"):
+        emit("hanging")
+        time.sleep(600)
+        return 4
     module_value = importlib.import_module(args.module).VALUE if args.module else None
 
     host, port = args.address.rsplit(":", 1)

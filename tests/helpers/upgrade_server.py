@@ -222,6 +222,7 @@ def main() -> int:
         fds=fd_targets(),
         state=None if state is None else state.decode(),
         passed_file=passed_file_content(),
+        fdpass_variables=sorted(name for name in os.environ if name.startswith("FDPASS_")),
     )
     if upgrader.has_parent:
         threading.Thread(target=watch_parent, daemon=True).start()
