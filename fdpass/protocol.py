@@ -74,6 +74,9 @@ class ListenEnv:
 def validate_name(name: object) -> str:
     """Return name unchanged if systemd would accept it as an fd name.
 
+    The empty name is valid: systemd's fdname_is_valid() (src/basic/fd-util.c)
+    accepts it explicitly.
+
     Raises:
         TypeError: name is not a str.
         ValueError: name is too long or contains ':' or a character outside
