@@ -452,17 +452,46 @@ static int cloexec_unpassed_fds(struct exec_state *st)
 }
 
 /*
- * Unblock every signal and reset SIGPIPE and SIGXFSZ from SIG_IGN to SIG_DFL.
- * execve keeps ignored dispositions and the mask. CPython ignores both signals
- * at start-up, so a new image would otherwise inherit them. subprocess's
- * restore_signals does the same for a child.
+ * Build the mask the new image starts with: only the signals that this thread
+ * blocks and that are pending or have SIG_DFL stay blocked. A program that
+ * blocks a signal without a handler takes it with sigwait() or signalfd.
+ * Unblocked, a pending or newly sent one would run its default action, such
+ * as terminating the process, before the new image could take it.
+ * Signals with a handler or SIG_IGN are unblocked, so a mask that one thread
+ * set for itself does not silence them in the new image.
+ */
+static void build_exec_mask(const sigset_t *old_mask, sigset_t *exec_mask)
+{
+    sigset_t pending;
+    struct sigaction current;
+    int sig;
+
+    sigemptyset(exec_mask);
+    if (sigpending(&pending) == -1)
+        sigemptyset(&pending);
+
+    for (sig = 1; sig < NSIG; sig++) {
+        if (sigismember(old_mask, sig) != 1)
+            continue;
+        /* sigaction() rejects the numbers that the C library keeps for itself. */
+        if (sigaction(sig, NULL, &current) == -1)
+            continue;
+        if (sigismember(&pending, sig) == 1 || current.sa_handler == SIG_DFL)
+            sigaddset(exec_mask, sig);
+    }
+}
+
+/*
+ * Set the mask from build_exec_mask() and reset SIGPIPE and SIGXFSZ from
+ * SIG_IGN to SIG_DFL. execve keeps ignored dispositions and the mask. CPython
+ * ignores both signals at start-up, so a new image would otherwise inherit
+ * them. subprocess's restore_signals does the same for a child.
  */
 static int reset_signals(struct exec_state *st)
 {
-    sigset_t all_unblocked;
+    sigset_t exec_mask;
     struct sigaction dfl;
 
-    sigemptyset(&all_unblocked);
     memset(&dfl, 0, sizeof(dfl));
     dfl.sa_handler = SIG_DFL;
     sigemptyset(&dfl.sa_mask);
@@ -470,7 +499,12 @@ static int reset_signals(struct exec_state *st)
     if (sigaction(SIGPIPE, NULL, &st->old_sigpipe) == -1 ||
         sigaction(SIGXFSZ, NULL, &st->old_sigxfsz) == -1)
         return -1;
-    if (pthread_sigmask(SIG_SETMASK, &all_unblocked, &st->old_mask) != 0) {
+    if (pthread_sigmask(SIG_SETMASK, NULL, &st->old_mask) != 0) {
+        errno = EINVAL;
+        return -1;
+    }
+    build_exec_mask(&st->old_mask, &exec_mask);
+    if (pthread_sigmask(SIG_SETMASK, &exec_mask, NULL) != 0) {
         errno = EINVAL;
         return -1;
     }

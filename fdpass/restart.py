@@ -679,6 +679,12 @@ def reexec(
     closed by the exec. stdout, stderr, the logging handlers and every passed
     object with flush() are flushed first. Never returns on success.
 
+    The new run starts with SIGPIPE and SIGXFSZ at SIG_DFL. Of the signals
+    that the calling thread blocks, those without a handler stay blocked,
+    so a program that takes SIGHUP with sigwait() keeps a SIGHUP sent during
+    the restart pending, instead of dying of it. Those with a handler are
+    unblocked.
+
     Args:
         fds: a sequence of fds, each named "unknown", or a mapping from name
             to fd. An fd is an int, a socket, a file object or anything with

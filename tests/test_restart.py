@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import threading
@@ -131,3 +132,33 @@ def test_reexec_from_worker_thread(children):
 
     assert status == 0, stderr
     assert report == {"pid": child.pid, "threads": 1, "names": ["listener"]}
+
+
+PENDING_SIGNAL_PROGRAM = r"""
+import json, os, signal, fdpass
+if os.environ.get("FDPASS_TEST_RUN") == "2":
+    print(json.dumps({
+        "pid": os.getpid(),
+        "pending": sorted(signal.sigpending()),
+        "blocked": sorted(signal.pthread_sigmask(signal.SIG_BLOCK, [])),
+    }), flush=True)
+    raise SystemExit(0)
+# The sigwait() pattern: SIGHUP blocked without a handler, and one more
+# SIGHUP already pending when the restart begins.
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+os.kill(os.getpid(), signal.SIGHUP)
+os.environ["FDPASS_TEST_RUN"] = "2"
+fdpass.reexec()
+"""
+
+
+def test_pending_blocked_signal_survives_reexec(children):
+    """A blocked SIGHUP without a handler, pending at reexec(), stays blocked and pending in the new run."""
+    child = children.python("-c", PENDING_SIGNAL_PROGRAM)
+    report = child.read_json()
+    status, _, stderr = child.finish()
+
+    assert status == 0, stderr
+    assert report["pid"] == child.pid
+    assert report["pending"] == [signal.SIGHUP]
+    assert signal.SIGHUP in report["blocked"]

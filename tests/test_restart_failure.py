@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import socket
 
 import pytest
@@ -51,8 +52,9 @@ def test_exec_failure_keeps_serving(children, bad_executables, stdin_closed):
     assert checks == {"pair": "pair works", "pipe": "pipe works"}
     assert second["pid"] == child.pid
     assert second["names"] == ["listener", "pair", "pipe"]
-    # The successful exec unblocked SIGUSR1, which the first run had blocked.
-    assert second["signals"]["SigBlk"] == "0000000000000000"
+    # The successful exec kept SIGUSR1 blocked, since it had no handler, and
+    # unblocked SIGUSR2, which had one.
+    assert second["signals"]["SigBlk"] == f"{1 << (signal.SIGUSR1 - 1):016x}"
 
 
 def test_listener_on_fd0_restored(children, bad_executables):

@@ -3,8 +3,9 @@
 Usage: exec_failure.py BAD_EXECUTABLE...
 
 The first run opens a TCP listener, a socketpair and an inheritable pipe,
-blocks SIGUSR1, and records its fds, their FD_CLOEXEC flags and the signal
-masks from /proc/self/status. For each BAD_EXECUTABLE it calls
+blocks SIGUSR1 (left at SIG_DFL) and SIGUSR2 (given a handler), and
+records its fds, their FD_CLOEXEC flags and the signal masks from
+/proc/self/status. For each BAD_EXECUTABLE it calls
 fdpass.reexec(executable=...) and records the OSError and whether anything
 changed. It prints that report, serves one connection on the listener, and
 restarts with the default executable. The new run reports what it adopted.
@@ -46,7 +47,8 @@ def main() -> None:
         print(json.dumps(report), flush=True)
         return
 
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+    signal.signal(signal.SIGUSR2, lambda signum, frame: None)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1, signal.SIGUSR2})
     listener = socket.create_server(("127.0.0.1", 0))
     pair_end, peer_end = socket.socketpair()
     read_end, write_end = os.pipe()

@@ -135,6 +135,9 @@ def first_run(mode: str, argument: str | None) -> None:
     listener.settimeout(30)
     conn, _ = listener.accept()
     passed = {"listener": listener, "conn": conn}
+    # With a handler, so that a successful restart unblocks it; one without
+    # a handler would stay blocked.
+    signal.signal(signal.SIGUSR1, lambda signum, frame: None)
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
 
     if mode == "emfile":
