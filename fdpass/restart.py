@@ -752,24 +752,27 @@ def reexec(
     envp_bytes = _environment_block(env, updates, (*protocol.VARIABLES, _socket_env.VARIABLE))
 
     state_fd = None
-    if state_bytes is not None:
-        # Above every given fd, so that the memfd cannot take the number of a
-        # closed one and hide it from fdpass_exec()'s check.
-        state_fd = _above(state_module.create_state_fd(state_bytes), max(numbers, default=2))
-        numbers = [*numbers, state_fd]
-    with _lock:
-        if _log.enabled(_log.INFO):
-            _log.info(
-                "restarting in place: executing %s with %d fds (%s)",
-                os.fsdecode(path_bytes),
-                len(numbers),
-                ", ".join(f"{fd}={name!r}" for fd, name in zip(numbers, names, strict=True)),
-            )
-        _flush_passed(items, resolved.item_types, resolved.label)
-        flush_output()
-        errno, bad_index = _native.exec_with_fds(path_bytes, argv_bytes, envp_bytes, numbers)
-    if state_fd is not None:
-        os.close(state_fd)
+    try:
+        if state_bytes is not None:
+            # Above every given fd, so that the memfd cannot take the number of a
+            # closed one and hide it from fdpass_exec()'s check.
+            state_fd = _create_state_fd_above(state_bytes, max(numbers, default=2))
+            numbers = [*numbers, state_fd]
+        with _lock:
+            if _log.enabled(_log.INFO):
+                _log.info(
+                    "restarting in place: executing %s with %d fds (%s)",
+                    os.fsdecode(path_bytes),
+                    len(numbers),
+                    ", ".join(f"{fd}={name!r}" for fd, name in zip(numbers, names, strict=True)),
+                )
+            _flush_passed(items, resolved.item_types, resolved.label)
+            flush_output()
+            errno, bad_index = _native.exec_with_fds(path_bytes, argv_bytes, envp_bytes, numbers)
+    finally:
+        # Reached only if nothing was executed: a flush or the exec failed.
+        if state_fd is not None:
+            os.close(state_fd)
 
     if bad_index >= 0:
         bad_fd = numbers[bad_index]
@@ -806,6 +809,28 @@ def _size_report(argv: Sequence[bytes], envp: Sequence[bytes]) -> str:
         f"argv has {sum(map(len, argv))} bytes and the environment {sum(map(len, envp))} bytes in "
         f"{len(envp)} variables; the largest is {name!r} with {len(largest)} bytes"
     )
+
+
+def _create_state_fd_above(state: bytes, lowest: int) -> int:
+    """Return a sealed memfd with state, on a number above lowest; raise OSError naming state= on failure."""
+    try:
+        fd = state_module.create_state_fd(state)
+    except OSError as error:
+        message = f"cannot create the memfd for state= ({len(state)} bytes): {error.strerror}"
+        raise OSError(error.errno, message) from error
+
+    try:
+        return _above(fd, lowest)
+    except OSError as error:
+        import resource  # only here: a restart that works never needs it
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        raise OSError(
+            error.errno,
+            f"the memfd for state= needs a free fd above fd {lowest}, the highest one passed, below the "
+            f"RLIMIT_NOFILE soft limit of {soft} ({error.strerror}); raise the limit with "
+            "resource.setrlimit() or pass fds with lower numbers",
+        ) from error
 
 
 def _above(fd: int, lowest: int) -> int:

@@ -119,3 +119,60 @@ def test_emfile_message_names_limit(children):
     assert line.startswith(f"{errno.EMFILE} ")
     assert "needs up to 80 free fds" in line
     assert usable == "still usable"
+
+
+def test_state_fd_near_limit_names_state(children):
+    """state= with the highest allowed fd passed raises OSError that names state= and RLIMIT_NOFILE."""
+    code = (
+        "import os, resource, socket, fdpass\n"
+        "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))\n"
+        "listener = socket.create_server(('127.0.0.1', 0))\n"
+        "top = os.dup2(listener.fileno(), 63)\n"
+        "try:\n"
+        "    fdpass.reexec([top], state=b'sessions')\n"
+        "except OSError as error:\n"
+        "    print(error, flush=True)\n"
+    )
+    child = children.python("-c", code)
+
+    line = child.readline()
+    status, _, stderr = child.finish()
+
+    assert status == 0, stderr
+    assert "state=" in line
+    assert "RLIMIT_NOFILE soft limit of 64" in line
+
+
+def test_failed_flush_closes_state_fd(children):
+    """A passed object whose flush() raises ends reexec() with that error, and the state memfd is closed."""
+    code = (
+        "import json, os, socket, fdpass\n"
+        "class Failing:\n"
+        "    def __init__(self, sock): self.sock = sock\n"
+        "    def fileno(self): return self.sock.fileno()\n"
+        "    def flush(self): raise RuntimeError('flush failed')\n"
+        "listener = socket.create_server(('127.0.0.1', 0))\n"
+        "errors = []\n"
+        "for _ in range(3):\n"
+        "    try:\n"
+        "        fdpass.reexec({'http': Failing(listener)}, state=b'x' * 1000)\n"
+        "    except RuntimeError as error:\n"
+        "        errors.append(str(error))\n"
+        "targets = []\n"
+        "for fd in os.listdir('/proc/self/fd'):\n"
+        "    try:\n"
+        "        targets.append(os.readlink(f'/proc/self/fd/{fd}'))\n"
+        "    except FileNotFoundError:\n"
+        "        pass  # the fd that listdir() used\n"
+        "memfds = [target for target in targets if target.startswith('/memfd:')]\n"
+        "print(json.dumps({'errors': errors, 'memfds': memfds}), flush=True)\n"
+    )
+    child = children.python("-c", code)
+
+    report = child.read_json()
+    status, _, stderr = child.finish()
+
+    assert status == 0, stderr
+    assert report["errors"] == ["flush failed"] * 3
+    assert report["memfds"] == []
