@@ -752,6 +752,7 @@ def reexec(
     envp_bytes = _environment_block(env, updates, (*protocol.VARIABLES, _socket_env.VARIABLE))
 
     state_fd = None
+    standby_stopped = False
     try:
         if state_bytes is not None:
             # Above every given fd, so that the memfd cannot take the number of a
@@ -766,6 +767,9 @@ def reexec(
                     len(numbers),
                     ", ".join(f"{fd}={name!r}" for fd, name in zip(numbers, names, strict=True)),
                 )
+            upgrade_module = sys.modules.get("fdpass.upgrade")
+            if upgrade_module is not None:
+                standby_stopped = upgrade_module._stop_standby_before_exec()
             _flush_passed(items, resolved.item_types, resolved.label)
             flush_output()
             errno, bad_index = _native.exec_with_fds(path_bytes, argv_bytes, envp_bytes, numbers)
@@ -773,6 +777,8 @@ def reexec(
         # Reached only if nothing was executed: a flush or the exec failed.
         if state_fd is not None:
             os.close(state_fd)
+        if standby_stopped:
+            sys.modules["fdpass.upgrade"]._restart_standby_after_exec_failure()
 
     if bad_index >= 0:
         bad_fd = numbers[bad_index]

@@ -1455,6 +1455,25 @@ def _stop_active_standby() -> None:
     upgrader._stop_standby()
 
 
+def _stop_standby_before_exec() -> bool:
+    """Kill and reap the active Upgrader's standby before reexec(); return True if one ran.
+
+    The exec closes the standby's control socket, so the standby would exit
+    and stay a zombie child of the new image, which never reaps it.
+    """
+    upgrader = _active
+    if upgrader is None or upgrader._owner_pid != os.getpid() or upgrader._standby is None:
+        return False
+    upgrader._stop_standby()
+    return True
+
+
+def _restart_standby_after_exec_failure() -> None:
+    upgrader = _active
+    if upgrader is not None and upgrader._owner_pid == os.getpid():
+        upgrader._start_standby()
+
+
 def _resolve_future(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)

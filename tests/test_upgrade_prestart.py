@@ -10,6 +10,7 @@ and standbys whose parent has exited.
 from __future__ import annotations
 
 import ctypes
+import errno
 import json
 import os
 import pathlib
@@ -612,6 +613,80 @@ def test_stop_before_parent_exits_returns(start_run):
     assert started == []
     running = [pid for pid in sorted(run.pids) if not wait_ended(pid)]
     assert running == []
+
+
+REEXEC_WITH_STANDBY_PROGRAM = r"""
+import json, os, time, fdpass
+run = int(os.environ.get("FDPASS_TEST_RUN", "1"))
+upgrader = fdpass.Upgrader(prestart=True)
+upgrader.listen(("127.0.0.1", 0), name="http")
+upgrader.ready()
+deadline = time.monotonic() + 20
+while upgrader.standby_pid is None and time.monotonic() < deadline:
+    time.sleep(0.01)
+if run < 3:
+    os.environ["FDPASS_TEST_RUN"] = str(run + 1)
+    fdpass.reexec()
+children = {}
+for entry in os.listdir("/proc"):
+    if not entry.isdigit():
+        continue
+    try:
+        with open(f"/proc/{entry}/stat") as stream:
+            fields = stream.read().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        continue
+    if fields[1] == str(os.getpid()):
+        children[entry] = fields[0]
+print(json.dumps({"standby": upgrader.standby_pid, "children": children}), flush=True)
+upgrader.stop()
+"""
+
+
+def test_reexec_reaps_standby(settled_install, children, tmp_path):
+    """reexec() kills and reaps the standby first, so two restarts in place leave no zombie standby behind."""
+    script = tmp_path / "reexec_with_standby.py"
+    script.write_text(REEXEC_WITH_STANDBY_PROGRAM)
+    child = children.python(script)
+
+    report = child.read_json()
+    status, _, stderr = child.finish()
+
+    assert status == 0, stderr
+    assert report["standby"] is not None
+    assert list(report["children"]) == [str(report["standby"])]
+    assert report["children"][str(report["standby"])] != "Z"
+
+
+FAILED_REEXEC_WITH_STANDBY_PROGRAM = r"""
+import json, os, time, fdpass
+upgrader = fdpass.Upgrader(prestart=True)
+upgrader.listen(("127.0.0.1", 0), name="http")
+upgrader.ready()
+first = upgrader.standby_pid
+try:
+    fdpass.reexec(executable="/nonexistent/fdpass-test-python")
+except OSError as error:
+    failure = error.errno
+print(json.dumps({"first": first, "errno": failure, "second": upgrader.standby_pid}), flush=True)
+upgrader.stop()
+"""
+
+
+def test_failed_reexec_restarts_standby(settled_install, children, tmp_path):
+    """A reexec() whose execve fails starts a new standby in place of the one it stopped."""
+    script = tmp_path / "failed_reexec_with_standby.py"
+    script.write_text(FAILED_REEXEC_WITH_STANDBY_PROGRAM)
+    child = children.python(script)
+
+    report = child.read_json()
+    status, _, stderr = child.finish()
+
+    assert status == 0, stderr
+    assert report["errno"] == errno.ENOENT
+    assert report["first"] is not None
+    assert report["second"] not in (None, report["first"])
+    assert wait_ended(report["first"])
 
 
 def test_interpreter_exit_ends_standby(start_run):
