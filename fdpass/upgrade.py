@@ -859,11 +859,13 @@ class Upgrader:
         path = os.fsencode(start.executable)
         argv = restart._encode_argv(start.argv)
 
-        ready_read, ready_write = os.pipe()
-        parent_read, parent_write = os.pipe()
+        # Created inside the try, so that an error such as EMFILE becomes an UpgradeError.
+        ready_read = ready_write = parent_read = parent_write = -1
         state_fd = None
         reloading_sent = False
         try:
+            ready_read, ready_write = os.pipe()
+            parent_read, parent_write = os.pipe()
             state_fd = None if state_bytes is None else state_module.create_state_fd(state_bytes)
             passed = [*numbers, ready_write, parent_read]
             passed_names = [*names, READY_FD_NAME, PARENT_FD_NAME]

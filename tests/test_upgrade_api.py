@@ -128,6 +128,44 @@ def test_stdin_program_upgrade_raises(children):
     assert "standard input" in line
 
 
+def test_full_fd_table_upgrade_raises(children):
+    """upgrade() with no free fd raises UpgradeError, not a bare OSError, and a retry with free fds succeeds."""
+    code = (
+        "import os, resource, socket, sys, fdpass\n"
+        "upgrader = fdpass.Upgrader(upgrade_timeout=20)\n"
+        "if upgrader.has_parent:\n"
+        "    upgrader.ready()\n"
+        "    sys.exit(0)\n"
+        "upgrader.listen(('127.0.0.1', 0), name='http')\n"
+        "upgrader.ready()\n"
+        "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))\n"
+        "filler = []\n"
+        "for _ in range(64):\n"
+        "    try:\n"
+        "        filler.append(os.open(os.devnull, os.O_RDONLY))\n"
+        "    except OSError:\n"
+        "        break\n"
+        "try:\n"
+        "    upgrader.upgrade()\n"
+        "except fdpass.UpgradeError as error:\n"
+        "    print('UpgradeError', error, flush=True)\n"
+        "for fd in filler:\n"
+        "    os.close(fd)\n"
+        "print('upgraded', upgrader.upgrade(), flush=True)\n"
+    )
+    child = children.python("-c", code)
+
+    failure = child.readline()
+    retry = child.readline()
+    status, _, stderr = child.finish()
+
+    assert status == 0, stderr
+    assert failure.startswith("UpgradeError "), failure
+    assert "Too many open files" in failure
+    assert retry.startswith("upgraded "), retry
+
+
 def test_first_generation_has_no_parent():
     """A process that no upgrade started has no parent to wait for."""
     with fdpass.Upgrader() as upgrader:
