@@ -704,7 +704,9 @@ def reexec(
             is invalid, or argv or env is malformed. Nothing has changed.
         OSError: execve failed (for example ENOENT, EACCES or E2BIG). Every fd,
             fd flag and signal setting is as it was, so the program can go on
-            serving.
+            serving. FileNotFoundError before any change, when argv is None
+            and the script, directory or zip file that started the program
+            is gone.
     """
     if _is_empty_collection(fds):
         defaults = listeners()
@@ -728,6 +730,7 @@ def reexec(
     if argv is None:
         # current() only reads the environment it is given.
         start = command.current(os.environ if env is None else dict(env))
+        _check_program_file(start.argv)
         exec_argv: Sequence[str | bytes] = start.argv
         exec_path: str | bytes | os.PathLike[str] = start.executable if executable is None else executable
         updates.update(start.env_updates)
@@ -815,6 +818,26 @@ def _size_report(argv: Sequence[bytes], envp: Sequence[bytes]) -> str:
         f"argv has {sum(map(len, argv))} bytes and the environment {sum(map(len, envp))} bytes in "
         f"{len(envp)} variables; the largest is {name!r} with {len(largest)} bytes"
     )
+
+
+def _check_program_file(argv: list[str]) -> None:
+    """Raise FileNotFoundError if argv runs a script, directory or zip file that no longer exists.
+
+    execve would succeed, and the new interpreter would exit with status 2
+    at once, taking every passed socket with it.
+    """
+    try:
+        parsed = command.parse_python_argv(argv)
+    except ValueError:
+        return  # not a python command line that fdpass can read
+    # NOTE: a file removed between this check and execve still ends the process.
+    if parsed.kind == "script" and not os.path.exists(parsed.target):
+        raise FileNotFoundError(
+            errno_module.ENOENT,
+            "the program file no longer exists, so a new run would exit at once; "
+            "put it back, or pass argv= to run another file",
+            parsed.target,
+        )
 
 
 def _create_state_fd_above(state: bytes, lowest: int) -> int:

@@ -176,3 +176,23 @@ def test_failed_flush_closes_state_fd(children):
     assert status == 0, stderr
     assert report["errors"] == ["flush failed"] * 3
     assert report["memfds"] == []
+
+
+def test_deleted_script_not_rerun(children, tmp_path):
+    """reexec() of a script that was deleted raises FileNotFoundError naming it, and the program keeps running."""
+    script = tmp_path / "deleted_program.py"
+    script.write_text(
+        "import os, sys, fdpass\n"
+        "os.unlink(sys.argv[0])\n"
+        "try:\n"
+        "    fdpass.reexec()\n"
+        "except FileNotFoundError as error:\n"
+        "    print(error.filename, error.strerror, flush=True)\n"
+    )
+    child = children.python(script)
+
+    line = child.readline()
+    status, _, stderr = child.finish()
+
+    assert status == 0, stderr
+    assert line.startswith(f"{script} the program file no longer exists"), line
