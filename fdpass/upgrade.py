@@ -836,6 +836,7 @@ class Upgrader:
 
         with self._lock:
             self._attempt = attempt
+        _register_exit_hook()
         return attempt
 
     def _spawn(
@@ -991,8 +992,6 @@ class Upgrader:
         only_if_pending, starts it only if the start that ready() left for
         after the parent's exit is still unclaimed, and claims it.
         """
-        global _exit_hook_registered
-
         if self._prestart is False:
             return
         from fdpass import prestart as prestart_module
@@ -1012,10 +1011,7 @@ class Upgrader:
                 return
             self._standby = standby
 
-        with _active_lock:
-            if not _exit_hook_registered:
-                atexit.register(_stop_active_standby)
-                _exit_hook_registered = True
+        _register_exit_hook()
         _log.info("standby PID %d started for the next upgrade", standby.pid)
 
     def _take_standby(self, *, for_upgrade: bool = True) -> Standby | None:
@@ -1447,14 +1443,47 @@ def _check_passed_fds(passed: Sequence[int]) -> None:
         seen.add(fd)
 
 
-def _stop_active_standby() -> None:
-    """Kill and reap the active Upgrader's standby at interpreter exit."""
+def _register_exit_hook() -> None:
+    global _exit_hook_registered
+
+    with _active_lock:
+        if not _exit_hook_registered:
+            atexit.register(_end_active_children)
+            _exit_hook_registered = True
+
+
+def _end_active_children() -> None:
+    """At interpreter exit, kill a new generation that is not ready yet, and kill and reap the standby.
+
+    An upgrade that another thread runs when the main thread ends (after
+    Ctrl-C, say) has no parent left to enforce upgrade_timeout, so its new
+    generation would hold the listening sockets until its own deadline.
+    """
     upgrader = _active
     # A child forked without exec runs a copy of this hook. It must not take
     # the standby lock, because another thread may have held it at fork().
     if upgrader is None or upgrader._owner_pid != os.getpid():
         return
+
+    attempt = upgrader._attempt
+    if attempt is not None and attempt.status is None and not _readable(attempt.ready_fd):
+        try:
+            os.kill(attempt.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        else:
+            _log.warning("interpreter exit during an upgrade: new generation PID %d was killed", attempt.pid)
     upgrader._stop_standby()
+
+
+def _readable(fd: int) -> bool:
+    """Return True if fd has data or EOF to read; a ready new generation has written to its readiness pipe."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    try:
+        return bool(poller.poll(0))
+    except OSError:
+        return True
 
 
 def _stop_standby_before_exec() -> bool:

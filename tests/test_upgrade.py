@@ -314,6 +314,21 @@ def test_hung_generation_ends_after_parent_dies(start_generations):
         generations.request()
 
 
+def test_interpreter_exit_kills_unready_generation(start_generations):
+    """Ctrl-C in the old generation during an upgrade kills the new generation that is not ready yet."""
+    generations = start_generations("--timeout", "30", startup="hang")
+    first = generations.current
+
+    os.kill(first, signal.SIGHUP)
+    hanging = generations.wait_event(lambda e: e["event"] == "hanging", "hanging")
+    os.kill(first, signal.SIGINT)
+
+    assert wait_reaped(hanging["pid"])
+    generations.child.wait(EVENT_TIMEOUT)
+    with pytest.raises(ConnectionRefusedError):
+        generations.request()
+
+
 def test_ready_generation_outlives_its_deadline(start_generations):
     """ready() deletes the deadline timer: the new generation serves on past upgrade_timeout plus the grace."""
     generations = start_generations("--timeout", "1")
