@@ -55,12 +55,12 @@ def main() -> None:
     families = [socket.AF_INET] * count
     types = [socket.SOCK_STREAM] * count
     protocols = [socket.IPPROTO_TCP] * count
-    blocking = [False] * count
+    timeouts: list[float | None] = [None] * count
 
     steps: dict[str, Callable[[], list[socket.socket]]] = {
         "socket.socket(fileno=fd)": lambda: [socket.socket(fileno=fd) for fd in fds],
         "socket.socket(family, type, proto, fd)": lambda: list(map(socket.socket, families, types, protocols, fds)),
-        "fdpass rebuild_sockets()": lambda: rebuild.rebuild_sockets(fds, families, types, protocols, blocking),
+        "fdpass rebuild_sockets()": lambda: rebuild.rebuild_sockets(fds, families, types, protocols, timeouts),
     }
     samples: dict[str, list[float]] = {name: [] for name in steps}
     scans: list[float] = []

@@ -15,6 +15,7 @@ import os
 import socket
 import stat
 
+from fdpass import _log
 from fdpass._native import FDINFO_FIELDS, FdInfo
 from fdpass._record import Frozen
 
@@ -189,12 +190,14 @@ def rebuild_columns(columns: Mapping[str, list[int]]) -> list[FdObject]:
 
 def rebuild_sockets(
     fds: Sequence[int], families: Sequence[int], types: Sequence[int], protocols: Sequence[int],
-    nonblocking: Sequence[bool],
+    timeouts: Sequence[float | None],
 ) -> list[socket.socket]:
-    """Return a socket.socket for each fd, built from the type and protocol given for it.
+    """Return a socket.socket for each fd, built from the type, protocol and timeout given for it.
 
-    nonblocking[i] gives a non-blocking socket (timeout 0.0), as O_NONBLOCK
-    does in rebuild().
+    timeouts[i] is None for a blocking socket, 0.0 for a non-blocking one,
+    as O_NONBLOCK gives in rebuild(), or the seconds for settimeout().
+    Each socket with seconds costs one system call, because settimeout()
+    always issues FIONBIO(1). The fd of such a socket has O_NONBLOCK already.
     The constructor reads each fd's family with getsockname(), which it calls
     anyway, and that family must equal families[i]. The type and protocol are
     taken as given, which saves two system calls per fd.
@@ -204,17 +207,22 @@ def rebuild_sockets(
         ValueError: an fd's family differs from families[i].
         In both cases every socket built is detached, so no fd is closed.
     """
+    count = len(timeouts)
+    blocking_count = timeouts.count(None)
+    # list.count() compares in C, so no Python code runs per fd here.
+    timed_count = count - blocking_count - timeouts.count(0.0)
+
     # As in _rebuild_socket(): with socket.setdefaulttimeout() set, every
     # socket is built with SOCK_NONBLOCK, so the constructor does not set
     # O_NONBLOCK on the shared file description, and a blocking one then gets
     # settimeout(None).
     default_timeout = socket.getdefaulttimeout() is not None
-    if default_timeout:
+    if default_timeout or blocking_count == 0:
         types = [sock_type | socket.SOCK_NONBLOCK for sock_type in types]
-    elif any(nonblocking):
+    elif blocking_count != count:
         types = [
-            sock_type | socket.SOCK_NONBLOCK if is_nonblocking else sock_type
-            for sock_type, is_nonblocking in zip(types, nonblocking, strict=True)
+            sock_type if timeout is None else sock_type | socket.SOCK_NONBLOCK
+            for sock_type, timeout in zip(types, timeouts, strict=True)
         ]
 
     built: list[socket.socket] = []
@@ -223,13 +231,48 @@ def rebuild_sockets(
         built.extend(map(socket.socket, itertools.repeat(-1), types, protocols, fds))
         if list(map(_RAW_FAMILY.__get__, built)) != list(families):
             raise ValueError("a passed socket's family differs from the family given for it")
+        if timed_count:
+            for sock, timeout in zip(built, timeouts, strict=True):
+                if timeout:
+                    sock.settimeout(timeout)
     except (OSError, ValueError):
         for sock in built:
             sock.detach()
         raise
 
-    if default_timeout:
-        for sock, is_nonblocking in zip(built, nonblocking, strict=True):
-            if not is_nonblocking:
+    if default_timeout and blocking_count:
+        for sock, timeout in zip(built, timeouts, strict=True):
+            if timeout is None:
                 sock.settimeout(None)
     return built
+
+
+def restore_timeouts(
+    objects: Sequence[FdObject], columns: Mapping[str, list[int]], families: Sequence[int], types: Sequence[int],
+    timeouts: Sequence[float | None],
+) -> None:
+    """Give each socket rebuilt by rebuild_columns() the positive timeout given for it.
+
+    A socket keeps the timeout 0.0 that rebuild() gave it unless the kernel
+    reports O_NONBLOCK and the family and type given for it, so a timeout
+    never sets O_NONBLOCK on an fd that did not have it. The arguments are
+    rebuild_columns()'s output, its inspect_columns() input, and
+    _socket_env.decode()'s families, types and timeouts.
+    """
+    # A loop in Python only when some socket has a positive timeout.
+    if timeouts.count(None) + timeouts.count(0.0) == len(timeouts):
+        return
+
+    facts = zip(
+        objects, columns["mode"], columns["status_flags"], columns["family"], columns["type"], families, types,
+        timeouts, strict=True,
+    )
+    for item, mode, status_flags, family, sock_type, given_family, given_type, timeout in facts:
+        if not timeout or mode != stat.S_IFSOCK or not status_flags & os.O_NONBLOCK:
+            continue
+        if (family, sock_type) != (given_family, given_type) or not isinstance(item, socket.socket):
+            continue
+        try:
+            item.settimeout(timeout)
+        except OSError as error:
+            _log.warning("fd %d keeps timeout 0.0: settimeout(%r) failed: %s", item.fileno(), timeout, error)

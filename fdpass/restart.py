@@ -114,6 +114,10 @@ def inherit() -> Inherited:
     environment so child processes adopt nothing. Later calls return the same
     object.
 
+    A socket passed by reexec() or upgrade() comes back with the timeout it
+    had there, which FDPASS_SOCKETS carries. Any other socket comes back
+    with timeout 0.0 if its fd has O_NONBLOCK, and None otherwise.
+
     Returns:
         An Inherited mapping from name to socket.socket or file object.
 
@@ -208,22 +212,22 @@ def _set_cloexec(fds: Sequence[int]) -> None:
 
 
 def _adopt_described_sockets(
-    fds: Sequence[int], names: Sequence[str], specs: tuple[list[int], list[int], list[int], list[bool]]
+    fds: Sequence[int], names: Sequence[str], specs: tuple[list[int], list[int], list[int], list[float | None]]
 ) -> tuple[list[rebuild.FdObject], Callable[[], tuple[rebuild.Description, ...]]] | None:
-    """Adopt sockets whose family, type and protocol FDPASS_SOCKETS gives; None if that does not match.
+    """Adopt sockets whose family, type, protocol and timeout FDPASS_SOCKETS gives; None if that does not match.
 
     fds is protocol.decode()'s 3, 4, ..., never empty here. The kernel is
     asked only for the fd flags of each fd, and the socket constructor for its
     family. None means an fd is closed, has FD_CLOEXEC set, is not a socket or
     has another family, and nothing was adopted.
     """
-    families, types, protocols, nonblocking = specs
+    families, types, protocols, timeouts = specs
 
     # The full inspection in _adopt() raises the error that names the bad fd.
     if not _native.all_adoptable_range(fds[0], len(fds)):
         return None
     try:
-        sockets = rebuild.rebuild_sockets(fds, families, types, protocols, nonblocking)
+        sockets = rebuild.rebuild_sockets(fds, families, types, protocols, timeouts)
     except (OSError, ValueError) as error:
         _log.debug("%s does not match the passed fds (%s); asking the kernel", _socket_env.VARIABLE, error)
         return None
@@ -244,8 +248,12 @@ def _adopt_described_sockets(
 
 def _adopt(listen_env: protocol.ListenEnv) -> Inherited:
     fds, names = listen_env.fds, listen_env.names
-    specs = _socket_env.decode(os.environ, os.getpid(), len(fds))
-    adopted = _adopt_described_sockets(fds, names, specs) if specs is not None else None
+    specs = _socket_env.decode(os.environ, os.getpid(), os.getppid(), len(fds))
+    adopted = None
+    # Only sockets take the fast path, so one fd that FDPASS_SOCKETS does not
+    # describe (family -1) sends every fd through the kernel inspection.
+    if specs is not None and -1 not in specs[0]:
+        adopted = _adopt_described_sockets(fds, names, specs)
 
     if adopted is not None:
         objects, describe = adopted
@@ -254,6 +262,9 @@ def _adopt(listen_env: protocol.ListenEnv) -> Inherited:
         _check_adoptable(columns, names)
         _set_cloexec(fds)
         objects = rebuild.rebuild_columns(columns)
+        if specs is not None:
+            families, types, _, timeouts = specs
+            rebuild.restore_timeouts(objects, columns, families, types, timeouts)
 
         def describe() -> tuple[rebuild.Description, ...]:
             return rebuild.describe_columns(columns, names)
@@ -746,7 +757,11 @@ def reexec(
     if state_bytes is not None:
         names = [*names, state_module.STATE_FD_NAME]
     updates.update(protocol.encode(names, os.getpid()))
-    socket_spec = _socket_env.encode(items, os.getpid(), resolved.item_types)
+    if state_bytes is None:
+        socket_spec = _socket_env.encode(items, os.getpid(), resolved.item_types)
+    else:
+        # The state memfd is not a socket, so it gets a "-" run.
+        socket_spec = _socket_env.encode([*items, None], os.getpid(), {*resolved.item_types, type(None)})
     if socket_spec is not None:
         updates[_socket_env.VARIABLE] = socket_spec
 

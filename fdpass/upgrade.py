@@ -827,7 +827,7 @@ class Upgrader:
             self._upgrading = True
 
         try:
-            attempt = self._spawn(state_bytes, extra_numbers, extra_names, extra_labels)
+            attempt = self._spawn(state_bytes, extra.items, extra_numbers, extra_names, extra_labels)
         except BaseException:
             with self._lock:
                 self._upgrading = False
@@ -840,7 +840,12 @@ class Upgrader:
         return attempt
 
     def _spawn(
-        self, state_bytes: bytes | None, extra_numbers: list[int], extra_names: list[str], extra_labels: list[str]
+        self,
+        state_bytes: bytes | None,
+        extra_items: list[object],
+        extra_numbers: list[int],
+        extra_names: list[str],
+        extra_labels: list[str],
     ) -> _Attempt:
         listeners = restart.listeners()
         numbers = [sock.fileno() for _, sock in listeners] + extra_numbers
@@ -873,8 +878,15 @@ class Upgrader:
             if state_fd is not None:
                 passed.append(state_fd)
                 passed_names.append(state_module.STATE_FD_NAME)
-            # fdpass_spawn() puts the child's own PID in LISTEN_PID.
+            # fdpass_spawn() puts the child's own PID in LISTEN_PID. The
+            # child's PID is not known yet, so FDPASS_SOCKETS names its
+            # parent, this process, which is also the standby's parent.
             protocol.apply(environ, passed_names, os.getpid())
+            passed_items = [*(sock for _, sock in listeners), *extra_items]
+            passed_items += [None] * (len(passed) - len(passed_items))
+            socket_spec = _socket_env.encode(passed_items, os.getpid(), child=True)
+            if socket_spec is not None:
+                environ[_socket_env.VARIABLE] = socket_spec
             envp = restart._encode_environment(environ)
 
             _send_notification(notify.reloading)

@@ -92,10 +92,10 @@ def test_socket_kind_kept(restarted, name):
     # The original object may show proto 0, but what the kernel reports must not change.
     for option in ("so_domain", "so_type", "so_protocol", "listening", "blocking"):
         assert got[option] == before[name][option], option
-    # O_NONBLOCK belongs to the open file description, so it survives exec;
-    # a Python-level timeout does not, and a non-blocking fd comes back with 0.0.
-    if not got["blocking"]:
-        assert got["timeout"] == 0.0
+    # O_NONBLOCK belongs to the open file description, so it survives exec.
+    # The timeout lives in the socket object, and reaches the new run
+    # through FDPASS_SOCKETS.
+    assert got["timeout"] == before[name]["timeout"]
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_FILES))
@@ -248,3 +248,24 @@ def test_fds_land_in_passed_order(children, case):
     assert report["landed"] == [[3 + index, placements[fd]] for index, fd in enumerate(order)]
     assert report["open_fds"] == [0, 1, 2, *range(3, 3 + len(order))]
     assert report["stdin"] == "/dev/null"
+
+
+@pytest.mark.parametrize("options", [pytest.param([], id="sockets only"), pytest.param(["--state"], id="with state")])
+def test_listener_timeouts_survive_reexec(children, options):
+    """Each listener gets back the gettimeout() it had before reexec(): seconds, None or 0.0.
+
+    With state, the state memfd is passed too, so inherit() reads the fds
+    from the kernel and takes only the timeouts from FDPASS_SOCKETS.
+    """
+    child = children.helper("reexec_timeout.py", *options)
+    before = child.read_json()
+    after = child.read_json()
+    status, _, stderr = child.finish()
+
+    assert status == 0, stderr
+    assert before["timed"] == 2.5
+    assert before["blocking"] is None
+    assert before["nonblocking"] == 0.0
+    for name, timeout in before.items():
+        assert after[name]["timeout"] == timeout, name
+        assert after[name]["o_nonblock"] is (timeout is not None), name

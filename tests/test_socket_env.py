@@ -35,24 +35,84 @@ def test_encode_runs_of_equal_sockets():
 
     tcp = f"{int(socket.AF_INET)}.{int(socket.SOCK_STREAM)}.{socket.IPPROTO_TCP}"
     udp = f"{int(socket.AF_INET)}.{int(socket.SOCK_DGRAM)}.{socket.IPPROTO_UDP}"
-    assert value == f"1234:5:{tcp}.0*3,{udp}.0*1,{udp}.1*1"
+    assert value == f"1234:5:{tcp}.0*3,{udp}.0*1,{udp}.1/2.5*1"
 
 
-def test_encode_needs_every_item_a_socket():
-    """A list with an int or a file in it gets no variable, so inherit() asks the kernel."""
-    sock = socket.socket()
+def test_encode_blocking_modes():
+    """A blocking socket gets 0, a non-blocking one 1, and one with a timeout 1 and its seconds."""
+    sockets = [socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(4)]
+    sockets[1].setblocking(False)
+    sockets[2].settimeout(2.5)
+    sockets[3].settimeout(None)
     try:
-        assert _socket_env.encode([sock, 0], 1234) is None
+        value = _socket_env.encode(sockets, 1234)
+    finally:
+        for sock in sockets:
+            sock.close()
+
+    assert value == f"1234:4:{UNIX_STREAM}*1,{UNIX_STREAM[:-1]}1*1,{UNIX_STREAM[:-1]}1/2.5*1,{UNIX_STREAM}*1"
+
+
+def test_encode_marks_undescribed_fds():
+    """An int, a file or None in the list gets a "-" run, and a list without a socket gets no variable."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        assert _socket_env.encode([sock, 0, None], 1234) == f"1234:3:{UNIX_STREAM}*1,-*2"
+        assert _socket_env.encode([0, sock], 1234) == f"1234:2:-*1,{UNIX_STREAM}*1"
+        assert _socket_env.encode([0, None], 1234) is None
         assert _socket_env.encode([], 1234) is None
     finally:
         sock.close()
+
+
+def test_encode_for_child():
+    """child=True marks the PID as the parent's, for a child whose PID is not known yet."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        value = _socket_env.encode([sock], 1234, child=True)
+    finally:
+        sock.close()
+
+    assert value == f"^1234:1:{UNIX_STREAM}*1"
+
+
+@pytest.mark.parametrize("seconds", [2.5, 0.134, 1e-06, 86400.000001, 7.0])
+def test_timeout_round_trip(seconds):
+    """A socket rebuilt from encode() and decode() has the gettimeout() of the original."""
+    first, second = socket.socketpair()
+    first.settimeout(seconds)
+    environ = {_socket_env.VARIABLE: _socket_env.encode([first], 77)}
+    families, types, protocols, timeouts = _socket_env.decode(environ, 77, 1, 1)
+    copy = os.dup(first.fileno())
+
+    (rebuilt,) = rebuild.rebuild_sockets([copy], families, types, protocols, timeouts)
+
+    with first, second, rebuilt:
+        assert rebuilt.gettimeout() == first.gettimeout()
 
 
 def test_decode_round_trip():
     """decode() expands the runs that encode() wrote."""
     environ = {_socket_env.VARIABLE: "77:3:2.1.6.0*2,10.2.17.1*1"}
 
-    assert _socket_env.decode(environ, 77, 3) == ([2, 2, 10], [1, 1, 2], [6, 6, 17], [False, False, True])
+    assert _socket_env.decode(environ, 77, 1, 3) == ([2, 2, 10], [1, 1, 2], [6, 6, 17], [None, None, 0.0])
+
+
+def test_decode_timeouts_and_undescribed_fds():
+    """A "/seconds" suffix gives the timeout, and a "-" run gives family, type and protocol -1."""
+    environ = {_socket_env.VARIABLE: "77:4:2.1.6.1/2.5*2,-*1,1.1.0.1/1e-05*1"}
+
+    assert _socket_env.decode(environ, 77, 1, 4) == (
+        [2, 2, -1, 1], [1, 1, -1, 1], [6, 6, -1, 0], [2.5, 2.5, None, 1e-05]
+    )
+
+
+def test_decode_for_child():
+    """A value marked with ^ is for a child of that PID, so it matches the parent PID, not this one."""
+    environ = {_socket_env.VARIABLE: "^5:1:2.1.6.1/2.5*1"}
+
+    assert _socket_env.decode(environ, 77, 5, 1) == ([2], [1], [6], [2.5])
+    assert _socket_env.decode(environ, 5, 1, 1) is None
 
 
 @pytest.mark.parametrize(
@@ -71,13 +131,27 @@ def test_decode_round_trip():
         pytest.param("77:2:2.1.99999999999999999999.0*2", 77, 2, id="protocol beyond C int"),
         pytest.param("77:2:2.4294967297.6.0*2", 77, 2, id="type beyond C int"),
         pytest.param("77:2:-2.1.6.0*2", 77, 2, id="negative family"),
+        pytest.param("77:2:2.1.6.0/2.5*2", 77, 2, id="timeout on a blocking socket"),
+        pytest.param("77:2:2.1.6.1/*2", 77, 2, id="empty timeout"),
+        pytest.param("77:2:2.1.6.1/0*2", 77, 2, id="zero timeout"),
+        pytest.param("77:2:2.1.6.1/-2.5*2", 77, 2, id="negative timeout"),
+        pytest.param("77:2:2.1.6.1/nan*2", 77, 2, id="NaN timeout"),
+        pytest.param("77:2:2.1.6.1/inf*2", 77, 2, id="infinite timeout"),
+        pytest.param("77:2:2.1.6.1/1e300*2", 77, 2, id="timeout beyond int64 nanoseconds"),
+        pytest.param("77:2:2.1.6.1/2.5/3*2", 77, 2, id="two timeouts"),
+        pytest.param("77:2:2.1.6.1/x*2", 77, 2, id="timeout not a number"),
+        pytest.param("77:2:-*2", 77, 2, id="no fd described"),
+        pytest.param("77:2:-.1*2", 77, 2, id="dash with fields"),
+        pytest.param("^78:2:2.1.6.0*2", 77, 2, id="other parent"),
+        pytest.param("^77:2:2.1.6.0*2", 77, 2, id="own PID marked as parent"),
+        pytest.param("^:2:2.1.6.0*2", 77, 2, id="mark without PID"),
     ],
 )
 def test_decode_rejects(value, pid, count):
     """A value that does not fit this process and fd count is ignored."""
     environ = {} if value is None else {_socket_env.VARIABLE: value}
 
-    assert _socket_env.decode(environ, pid, count) is None
+    assert _socket_env.decode(environ, pid, 1, count) is None
 
 
 @pytest.mark.parametrize(
@@ -103,6 +177,51 @@ def test_inherit_with_socket_spec(children, spec):
     assert [entry["object"] for entry in report["adopted"]] == ["socket", "socket"]
 
 
+@pytest.mark.parametrize(
+    "spec, timeouts",
+    [
+        pytest.param(f"$PID:2:{UNIX_STREAM[:-1]}1/2.5*2", [2.5, 2.5], id="timeout"),
+        pytest.param(f"$PID:2:{UNIX_STREAM}*2", [None, None], id="blocking"),
+        pytest.param(f"$PID:2:{UNIX_STREAM[:-1]}1/2.5*1,-*1", [None, None], id="timeout without O_NONBLOCK"),
+        pytest.param(f"$PID:2:{UNIX_STREAM[:-1]}1/x*2", [None, None], id="malformed timeout"),
+    ],
+)
+def test_inherit_socket_spec_timeouts(children, spec, timeouts):
+    """inherit() gives the written timeout in the fast path, and the kernel's blocking mode otherwise.
+
+    The passed socketpair ends are blocking. With a "-" run, inherit() reads
+    the fds from the kernel, and a blocking fd keeps timeout None.
+    """
+    env = {**listen_env("2", "a:b"), _socket_env.VARIABLE: spec}
+
+    report = launch(children, env)
+
+    assert report["error_type"] is None
+    assert [entry["timeout"] for entry in report["adopted"]] == timeouts
+
+
+def test_restore_timeouts_checks_the_kernel():
+    """Only a socket whose fd has O_NONBLOCK and the given family and type gets its timeout."""
+    pairs = [socket.socketpair() for _ in range(4)]
+    for first, _ in pairs[1:]:
+        first.setblocking(False)
+    copies = [os.dup(first.fileno()) for first, _ in pairs]
+    columns = _native.inspect_columns(copies)
+    rebuilt = rebuild.rebuild_columns(columns)
+    families = [socket.AF_UNIX, socket.AF_UNIX, socket.AF_INET, socket.AF_UNIX]
+    types = [socket.SOCK_STREAM, socket.SOCK_STREAM, socket.SOCK_STREAM, socket.SOCK_DGRAM]
+
+    rebuild.restore_timeouts(rebuilt, columns, families, types, [2.5] * 4)
+
+    timeouts = [sock.gettimeout() for sock in rebuilt]
+    for sock in rebuilt:
+        sock.close()
+    for first, second in pairs:
+        first.close()
+        second.close()
+    assert timeouts == [None, 2.5, 0.0, 0.0]
+
+
 @pytest.mark.parametrize("nonblocking", [False, True])
 @pytest.mark.parametrize("builder", ["rebuild_sockets", "rebuild_columns"])
 def test_batch_rebuild_default_timeout(builder, nonblocking):
@@ -114,7 +233,9 @@ def test_batch_rebuild_default_timeout(builder, nonblocking):
     socket.setdefaulttimeout(5.0)
     try:
         if builder == "rebuild_sockets":
-            (rebuilt,) = rebuild.rebuild_sockets([copy], [socket.AF_UNIX], [socket.SOCK_STREAM], [0], [nonblocking])
+            (rebuilt,) = rebuild.rebuild_sockets(
+                [copy], [socket.AF_UNIX], [socket.SOCK_STREAM], [0], [0.0 if nonblocking else None]
+            )
         else:
             (rebuilt,) = rebuild.rebuild_columns(_native.inspect_columns([copy]))
     finally:
@@ -132,7 +253,7 @@ def test_rebuild_sockets_wrong_family_detaches():
     copy = os.dup(first.fileno())
 
     with pytest.raises(ValueError, match="family"):
-        rebuild.rebuild_sockets([copy], [socket.AF_INET], [socket.SOCK_STREAM], [0], [False])
+        rebuild.rebuild_sockets([copy], [socket.AF_INET], [socket.SOCK_STREAM], [0], [None])
 
     assert os.fstat(copy) is not None
     os.close(copy)

@@ -448,6 +448,25 @@ def test_blocking_listener_stays_blocking(start_generations):
     assert ready["initial_blocking"] is False
 
 
+@pytest.mark.parametrize(
+    "control, timeout",
+    [
+        pytest.param({"listener_timeout": 2.5}, 2.5, id="settimeout 2.5"),
+        pytest.param({"listener_timeout": None}, None, id="settimeout None"),
+        pytest.param({"nonblocking": True}, 0.0, id="setblocking False"),
+    ],
+)
+def test_listener_timeout_survives_upgrade(start_generations, control, timeout):
+    """The new generation's listener has the gettimeout() that the old generation set."""
+    generations = start_generations(**control)
+    assert generations.events[0]["initial_timeout"] is None
+
+    _, ready = generations.upgrade()
+
+    assert ready["initial_timeout"] == timeout
+    assert generations.request().split()[0] == str(ready["pid"])
+
+
 def test_asyncio_variants_upgrade_and_time_out(start_generations):
     """upgrade_async(), wait_exit_async() and wait_for_parent_async() drive the same outcomes."""
     generations = start_generations("--asyncio", "--timeout", "1.0")

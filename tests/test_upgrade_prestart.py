@@ -243,6 +243,26 @@ def test_upgrade_async_uses_standby(start_run):
     run.finish()
 
 
+@pytest.mark.parametrize(
+    "setting, timeout",
+    [
+        pytest.param("2.5", 2.5, id="settimeout 2.5"),
+        pytest.param("none", None, id="settimeout None"),
+        pytest.param("nonblocking", 0.0, id="setblocking False"),
+    ],
+)
+def test_listener_timeout_reaches_standby(start_run, setting, timeout):
+    """The standby that becomes the new generation gets the listener with the old generation's gettimeout()."""
+    run = start_run("--listener-timeout", setting)
+
+    upgrading, upgraded, ready = run.upgrade()
+
+    assert upgraded["new_pid"] == upgrading["standby_pid"]
+    assert ready["initial_timeout"] == timeout
+    assert send_request(run.address, "hello").split()[0] == str(upgraded["new_pid"])
+    run.finish()
+
+
 def test_default_preload_replays_import_order(tmp_path):
     """Replaying default_preload() in a fresh interpreter leaves asyncio as a cold start has it.
 

@@ -33,6 +33,7 @@ def describe(description: fdpass.Description, obj: object) -> dict[str, object]:
         "type": description.type,
         "object": type(obj).__name__,
         "object_fd": obj.fileno() if hasattr(obj, "fileno") else obj,
+        "timeout": obj.gettimeout() if hasattr(obj, "gettimeout") else None,
     }
 
 

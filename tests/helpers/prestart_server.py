@@ -29,6 +29,10 @@ a generation starts:
   removes it sends itself SIGHUP as soon as its parent has exited (with
   --ready-in-loop blocked, from the blocked loop).
 
+--listener-timeout sets the listener's timeout in each generation: "nonblocking"
+(the default) for setblocking(False), "none" for settimeout(None), or seconds.
+"ready" carries initial_timeout, the timeout the listener arrived with.
+
 SIGTERM makes the current generation call stop() and exit.
 """
 
@@ -141,7 +145,7 @@ def serve(listener: socket.socket, stop_read: int, handlers: list[threading.Thre
                 return
             try:
                 conn, _ = listener.accept()
-            except (BlockingIOError, InterruptedError):
+            except (BlockingIOError, InterruptedError, TimeoutError):
                 continue
             thread = threading.Thread(target=handle, args=(conn,), daemon=True)
             thread.start()
@@ -221,6 +225,7 @@ def main() -> int:
     parser.add_argument("--address", required=True)
     parser.add_argument("--control", required=True)
     parser.add_argument("--prestart", default="true", help="JSON: true, false or a list of module names")
+    parser.add_argument("--listener-timeout", default="nonblocking", help='"nonblocking", "none" or seconds')
     parser.add_argument("--upgrade-timeout", type=float, default=20.0, help="Upgrader's upgrade_timeout, in seconds")
     parser.add_argument("--module", help="a module to import and report VALUE of")
     parser.add_argument("--asyncio", action="store_true", help="upgrade with upgrade_async() in an event loop")
@@ -279,7 +284,11 @@ def main() -> int:
 
     host, port = args.address.rsplit(":", 1)
     listener = upgrader.listen((host, int(port)))
-    listener.setblocking(False)
+    initial_timeout = listener.gettimeout()
+    if args.listener_timeout == "nonblocking":
+        listener.setblocking(False)
+    else:
+        listener.settimeout(None if args.listener_timeout == "none" else float(args.listener_timeout))
     stop_read, stop_write = os.pipe()
     handlers: list[threading.Thread] = []
     server = threading.Thread(target=serve, args=(listener, stop_read, handlers), daemon=True)
@@ -345,6 +354,7 @@ def main() -> int:
         version=VERSION,
         module_value=module_value,
         address=listener.getsockname(),
+        initial_timeout=initial_timeout,
         argv=sys.argv,
         main=describe_main(),
         sigint_default=signal.getsignal(signal.SIGINT) is signal.default_int_handler,

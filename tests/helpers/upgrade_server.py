@@ -13,6 +13,8 @@ when it exits, so the test can steer the next generation:
   "slow" (sleep "slow_seconds" before ready); applies to generations that
   have a parent.
 - "nonblocking": true puts the listener in non-blocking mode (the default).
+- "listener_timeout": seconds or null for listener.settimeout(), in place of
+  "nonblocking". "ready" reports the timeout the listener arrived with.
 - "double": true makes SIGHUP start two upgrades at once.
 - "linger": seconds the old generation stays alive after it stopped serving.
 - "extra_fd": a file path that the first generation opens inheritable and
@@ -101,7 +103,7 @@ def serve(listener: socket.socket, stop_read: int, handlers: list[threading.Thre
                 return
             try:
                 conn, _ = listener.accept()
-            except (BlockingIOError, InterruptedError):
+            except (BlockingIOError, InterruptedError, TimeoutError):
                 # The other generation accepted this connection first.
                 continue
             thread = threading.Thread(target=handle, args=(conn,), daemon=True)
@@ -159,7 +161,10 @@ def main() -> int:
         address = (host, int(port))
     listener = upgrader.listen(address)
     initial_blocking = listener.getblocking()
-    if control.get("nonblocking", True):
+    initial_timeout = listener.gettimeout()
+    if "listener_timeout" in control:
+        listener.settimeout(control["listener_timeout"])
+    elif control.get("nonblocking", True):
         listener.setblocking(False)
 
     stop_busy = threading.Event()
@@ -218,6 +223,7 @@ def main() -> int:
         parent_pid=upgrader.parent_pid,
         listen_pid=listen_pid_at_start,
         initial_blocking=initial_blocking,
+        initial_timeout=initial_timeout,
         address=listener.getsockname(),
         fds=fd_targets(),
         state=None if state is None else state.decode(),
