@@ -81,7 +81,12 @@ struct layout {
     int nfds;
     int sigpipe_ignored;
     int sigusr2_ignored;
+    int sighup_handled;
 };
+
+/* The variable that tells --check which signals must still be blocked, as a
+ * bit mask with bit N for signal N; unset means none. */
+#define BLOCKED_VARIABLE "FDPASS_TEST_BLOCKED"
 
 /* Seconds a case may run, the --check program included, before SIGALRM ends it. */
 #define CASE_TIMEOUT 30
@@ -244,6 +249,12 @@ static int place_at_free_number(int fd)
     return fd;
 }
 
+/* A handler that does nothing, so that a signal counts as handled. */
+static void ignore_signal(int sig)
+{
+    (void)sig;
+}
+
 /*
  * Build a random layout in this (forked) process. Every fd below
  * DIAGNOSTIC_FD is closed first, so the layout is all there is.
@@ -310,11 +321,34 @@ static void build_layout(struct layout *layout)
             sigaddset(&mask, SIGHUP);
         pthread_sigmask(SIG_SETMASK, &mask, NULL);
     }
+    layout->sighup_handled = rng_below(2);
+    signal(SIGHUP, layout->sighup_handled ? ignore_signal : SIG_DFL);
     layout->sigpipe_ignored = rng_below(2);
     layout->sigusr2_ignored = rng_below(2);
     signal(SIGPIPE, layout->sigpipe_ignored ? SIG_IGN : SIG_DFL);
     signal(SIGXFSZ, layout->sigpipe_ignored ? SIG_IGN : SIG_DFL);
     signal(SIGUSR2, layout->sigusr2_ignored ? SIG_IGN : SIG_DFL);
+}
+
+/*
+ * Return the signals that fdpass_exec() must leave blocked, as
+ * BLOCKED_VARIABLE's bit mask: those this thread blocks that have SIG_DFL.
+ */
+static unsigned long long blocked_after_exec(void)
+{
+    unsigned long long expected = 0;
+    struct sigaction action;
+    sigset_t mask;
+    int sig;
+
+    pthread_sigmask(SIG_SETMASK, NULL, &mask);
+    for (sig = 1; sig < NSIG && sig < 64; sig++) {
+        if (sigismember(&mask, sig) != 1 || sigaction(sig, NULL, &action) == -1)
+            continue;
+        if (action.sa_handler == SIG_DFL)
+            expected |= 1ULL << sig;
+    }
+    return expected;
 }
 
 static int is_passed(const struct layout *layout, int fd)
@@ -383,6 +417,8 @@ static int check_main(const char *report_path, const char *spec, int sigusr2_ign
     FILE *report;
     int failures = 0;
     int fd;
+    int sig;
+    unsigned long long expected_blocked;
     sigset_t mask;
     struct sigaction action;
 
@@ -458,10 +494,14 @@ static int check_main(const char *report_path, const char *spec, int sigusr2_ign
         }
     }
 
+    expected_blocked = getenv(BLOCKED_VARIABLE) ? strtoull(getenv(BLOCKED_VARIABLE), NULL, 10) : 0;
     pthread_sigmask(SIG_SETMASK, NULL, &mask);
-    for (fd = 1; fd < NSIG; fd++) {
-        if (sigismember(&mask, fd) == 1) {
-            fprintf(report, "signal %d is blocked\n", fd);
+    for (sig = 1; sig < NSIG; sig++) {
+        int blocked = sigismember(&mask, sig) == 1;
+        int want_blocked = sig < 64 && ((expected_blocked >> sig) & 1);
+
+        if (blocked != want_blocked) {
+            fprintf(report, "signal %d is %s\n", sig, blocked ? "blocked" : "not blocked");
             failures++;
         }
     }
@@ -506,14 +546,16 @@ static void case_exec(void)
     static char spec[4096];
     struct process_state before;
     struct layout layout;
+    static char blocked_entry[64];
     char *argv[5];
-    char *envp[] = {NULL};
+    char *envp[] = {blocked_entry, NULL};
     int bad_index;
 
     build_layout(&layout);
     snapshot(&before);
     format_spec(&layout, &before, 1, spec, sizeof(spec));
     make_check_argv(argv, spec, &layout);
+    snprintf(blocked_entry, sizeof(blocked_entry), BLOCKED_VARIABLE "=%llu", blocked_after_exec());
 
     fdpass_exec(self_path, argv, envp, layout.fds, layout.nfds, &bad_index);
     diag("fdpass_exec returned: %s (bad_index %d)\n", strerror(errno), bad_index);
