@@ -821,6 +821,7 @@ struct spawn_plan {
     const char *path;
     char *const *argv;
     char *const *envp;
+    const char *cwd;          /* the directory the child changes into, or NULL */
     char *listen_pid_entry;   /* the envp slot the child fills in, or NULL */
     const int *fds;
     int *dups;                /* scratch: F_DUPFD_CLOEXEC copies of fds, above every target */
@@ -1019,6 +1020,9 @@ static int spawn_child(void *arg)
         child_format_listen_pid(plan->listen_pid_entry, (long)syscall(SYS_getpid));
     if ((plan->flags & FDPASS_SPAWN_NEW_PROCESS_GROUP) && setpgid(0, 0) < 0)
         goto fail;
+    /* Without CLONE_FS the child has its own working directory. */
+    if (plan->cwd != NULL && chdir(plan->cwd) < 0)
+        goto fail;
     if (plan->flags & FDPASS_SPAWN_PARENT_DEATHSIG) {
         if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0)
             goto fail;
@@ -1084,6 +1088,7 @@ static char **spawn_environment(char *const envp[], char **listen_pid_entry)
  * - with FDPASS_SPAWN_LISTEN_PID in flags, every LISTEN_PID= entry of envp is
  *   dropped and LISTEN_PID=<the child's own PID> is added;
  * - with FDPASS_SPAWN_NEW_PROCESS_GROUP, the child calls setpgid(0, 0);
+ * - with cwd not NULL, the child changes into that directory;
  * - with FDPASS_SPAWN_PARENT_DEATHSIG, the child gets SIGKILL when the
  *   calling thread exits (PR_SET_PDEATHSIG), and fails with ESRCH if the
  *   caller is already gone.
@@ -1108,7 +1113,7 @@ static char **spawn_environment(char *const envp[], char **listen_pid_entry)
  * execve failed before this function does; errno is still the child's.
  */
 int fdpass_spawn(const char *path, char *const argv[], char *const envp[],
-                 const int *fds, int nfds, int flags, int *bad_index)
+                 const int *fds, int nfds, int flags, const char *cwd, int *bad_index)
 {
     struct spawn_plan plan;
     char **child_envp = NULL;
@@ -1132,6 +1137,7 @@ int fdpass_spawn(const char *path, char *const argv[], char *const envp[],
     plan.path = path;
     plan.argv = argv;
     plan.envp = envp;
+    plan.cwd = cwd;
     plan.fds = fds;
     plan.nfds = nfds;
     plan.first_unpassed = FIRST_PASSED_FD + nfds;

@@ -107,19 +107,22 @@ def spawn_with_fds(
     set_listen_pid: bool = True,
     new_process_group: bool = False,
     parent_death_signal: bool = False,
+    cwd: bytes | None = None,
 ) -> int:
     """Start path as a child with fds on 3, 4, ... through fdpass_spawn(); return its PID.
 
     With set_listen_pid, the child's environment gets LISTEN_PID=<child PID>
     in place of any LISTEN_PID entry of envp. With new_process_group, the
     child leads a new process group. With parent_death_signal, the child gets
-    SIGKILL when the calling thread exits.
+    SIGKILL when the calling thread exits. With cwd, the child changes into
+    that directory before execve.
 
     Raises:
         SpawnFdError: fds[index] is closed or repeated; no child was started.
         OSError: the child could not be started, or its execve failed (for
             example ENOENT or EACCES, with path as the filename). No child is
-            left behind.
+            left behind. A failed change into cwd is reported the same way,
+            also with path as the filename.
     """
     c_path = ffi.new("char[]", path)
     c_argv, argv_buffers = _to_cstrings(argv)
@@ -132,7 +135,8 @@ def spawn_with_fds(
     if parent_death_signal:
         flags |= lib.FDPASS_SPAWN_PARENT_DEATHSIG
 
-    pid = lib.fdpass_spawn(c_path, c_argv, c_envp, c_fds, len(fds), flags, bad_index)
+    c_cwd = ffi.NULL if cwd is None else ffi.new("char[]", cwd)
+    pid = lib.fdpass_spawn(c_path, c_argv, c_envp, c_fds, len(fds), flags, c_cwd, bad_index)
     errno = ffi.errno
 
     del argv_buffers, envp_buffers

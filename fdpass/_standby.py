@@ -265,18 +265,18 @@ def _set_environment(environ: dict[str, str]) -> None:
     os.environ[protocol.LISTEN_PID] = str(os.getpid())
 
 
-def main_path_entry(kind: str, target: str) -> str | None:
+def main_path_entry(kind: str, target: str, cwd: str | None = None) -> str | None:
     """Return what the interpreter puts first on sys.path to run target, or None under -P or -I.
 
     kind is a fdpass.command.PythonCommand kind. A -m program gets the
-    working directory, and a -c program gets "". A script gets its
+    working directory, cwd if given, and a -c program gets "". A script gets its
     directory, symlinks resolved, and runpy.run_path() puts a directory or
     zip file there itself.
     """
     if getattr(sys.flags, "safe_path", False) or sys.flags.isolated:
         return None
     if kind == "module":
-        return os.getcwd()
+        return os.getcwd() if cwd is None else cwd
     if kind == "code":
         return ""
     if pkgutil.get_importer(target) is not None:

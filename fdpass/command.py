@@ -4,8 +4,10 @@ reexec() uses this to run the program again the way it was started:
 ``python -m pkg args``, ``python script.py args``, ``python -c code args``, or
 a console script, with the interpreter options of the first run. The result
 must still work after the program has called os.chdir(), so a relative script
-path is made absolute and a ``-m`` package found through the start directory
-stays importable.
+path is made absolute, and a ``-m`` program runs again in the directory it
+started in. There the interpreter puts that directory first on sys.path, as
+in the first run; from another directory, modules there would shadow the
+program's own and the standard library.
 """
 
 from __future__ import annotations
@@ -15,26 +17,22 @@ import sys
 
 from fdpass._record import Frozen
 
-# For mypy only, so a restart's fresh process does not load collections.abc here.
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from collections.abc import Mapping
-
-_PYTHONPATH = "PYTHONPATH"
-
 
 class StartCommand(Frozen):
-    """The executable, argv and extra environment that re-run this program."""
+    """The executable, argv and working directory that re-run this program.
 
-    FIELDS = ("executable", "argv", "env_updates")
+    cwd is None to run in the current working directory.
+    """
+
+    FIELDS = ("executable", "argv", "cwd")
     __slots__ = FIELDS
 
     executable: str
     argv: list[str]
-    env_updates: dict[str, str]
+    cwd: str | None
 
-    def __init__(self, executable: str, argv: list[str], env_updates: dict[str, str] | None = None) -> None:
-        self._store(executable, argv, {} if env_updates is None else env_updates)
+    def __init__(self, executable: str, argv: list[str], cwd: str | None = None) -> None:
+        self._store(executable, argv, cwd)
 
 
 def _main_module_file() -> str | None:
@@ -54,24 +52,32 @@ def _absolute_script(arg: str) -> str:
     return os.path.abspath(arg)
 
 
-def _module_search_dir() -> str | None:
-    # For "python -m pkg", sys.path[0] is the directory the program started in.
+def _module_start_dir() -> str | None:
+    """Return the directory a -m program started in, if its module came from there, else None.
+
+    For "python -m pkg", sys.path[0] is that directory, unless the program
+    replaced it. The path of the module file separates the two cases.
+    """
     # NOTE: a program that replaced sys.path[0] before this runs loses it.
     if not sys.path or not sys.path[0] or not os.path.isabs(sys.path[0]):
         return None
-    return sys.path[0]
+    start_dir = sys.path[0]
+
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    origin = getattr(spec, "origin", None)
+    if not isinstance(origin, str) or not os.path.isabs(origin):
+        return None
+    if os.path.commonpath([start_dir, origin]) != start_dir:
+        return None
+    return start_dir
 
 
-def current(environ: Mapping[str, str] | None = None) -> StartCommand:
+def current() -> StartCommand:
     """Return the command that starts this program again.
-
-    environ is the environment the new program will get; it is read to decide
-    whether PYTHONPATH must gain the start directory of a ``-m`` run.
 
     Raises:
         ValueError: the program was read from standard input or is interactive.
     """
-    environ = os.environ.copy() if environ is None else environ
     orig_argv = list(sys.orig_argv)
     argv = list(sys.argv)
     executable = sys.executable
@@ -92,20 +98,24 @@ def current(environ: Mapping[str, str] | None = None) -> StartCommand:
     # sys.argv is [target-as-seen, args...], so target sits at this index.
     target = len(orig_argv) - len(argv)
     new_argv = list(orig_argv)
-    env_updates: dict[str, str] = {}
 
     if target == 0:
         return StartCommand(executable, [executable, *argv])
     if argv[0] == orig_argv[target] and argv[0] not in ("", "-", "-c"):
         new_argv[target] = _absolute_script(argv[0])
     elif orig_argv[target - 1] == "-m" or orig_argv[target].startswith("-m"):
-        search_dir = _module_search_dir()
-        if search_dir is not None and search_dir != os.getcwd():
-            parts = [p for p in environ.get(_PYTHONPATH, "").split(os.pathsep) if p]
-            if search_dir not in parts:
-                env_updates[_PYTHONPATH] = os.pathsep.join([search_dir, *parts])
+        start_dir = _module_start_dir()
+        if start_dir is not None and start_dir != _getcwd_or_none():
+            return StartCommand(executable, new_argv, cwd=start_dir)
 
-    return StartCommand(executable, new_argv, env_updates)
+    return StartCommand(executable, new_argv)
+
+
+def _getcwd_or_none() -> str | None:
+    try:
+        return os.getcwd()
+    except OSError:
+        return None  # the working directory was removed
 
 
 # CPython's short options that take a value, as in its getopt string

@@ -105,6 +105,13 @@ def _process_attributes() -> dict[str, object]:
     }
 
 
+def _working_directory() -> str | None:
+    try:
+        return os.getcwd()
+    except OSError:
+        return None  # removed
+
+
 def _startup_variables(environ: Mapping[str, str]) -> dict[str, str]:
     return {
         name: value
@@ -128,6 +135,7 @@ class Standby:
         parsed: command.PythonCommand,
         environ: Mapping[str, str],
         explicit: bool,
+        start_cwd: str | None,
     ) -> None:
         self.pid = pid
         self.control = control
@@ -141,8 +149,9 @@ class Standby:
         self.stdio_ids = _stdio_ids()
         self.process_attributes = _process_attributes()
         self.explicit = explicit
-        self.path_entry = standby_module.main_path_entry(parsed.kind, parsed.target)
-        self.cwd = os.getcwd()
+        # The new generation runs in start_cwd if that is set (see fdpass.command).
+        self.path_entry = standby_module.main_path_entry(parsed.kind, parsed.target, start_cwd)
+        self.cwd = _working_directory()
         # From the standby's report: (path, st_mtime_ns, st_size) of each
         # loaded module file, the sys.path directories and their .pth files,
         # and (name, error) of each failed import.
@@ -261,10 +270,11 @@ class Standby:
             return str(error)
         if (parsed.interpreter, parsed.options) != (self.interpreter, self.options):
             return f"the interpreter options changed to {[parsed.interpreter, *parsed.options]!r}"
-        path_entry = standby_module.main_path_entry(parsed.kind, parsed.target)
-        if path_entry != self.path_entry or (path_entry == "" and os.getcwd() != self.cwd):
+        path_entry = standby_module.main_path_entry(parsed.kind, parsed.target, start.cwd)
+        cwd = _working_directory()
+        if path_entry != self.path_entry or (path_entry == "" and cwd != self.cwd):
             return (
-                f"a cold start would put {path_entry!r} first on sys.path (working directory {os.getcwd()!r}), "
+                f"a cold start would put {path_entry!r} first on sys.path (working directory {cwd!r}), "
                 f"but the standby preloaded with {self.path_entry!r} (working directory {self.cwd!r})"
             )
         startup_variables = _startup_variables(environ)
@@ -339,8 +349,7 @@ def start(modules: tuple[str, ...] | None) -> Standby:
     environ = dict(os.environ)
     protocol.clear(environ)
     environ.pop(_socket_env.VARIABLE, None)
-    current = command.current(environ)
-    environ.update(current.env_updates)
+    current = command.current()
     parsed = command.parse_python_argv(current.argv)
     explicit = modules is not None
     names = list(modules) if modules is not None else standby_module.default_preload()
@@ -366,7 +375,7 @@ def start(modules: tuple[str, ...] | None) -> Standby:
     finally:
         child_end.close()
 
-    standby = Standby(pid, parent_end, parsed, environ, explicit)
+    standby = Standby(pid, parent_end, parsed, environ, explicit, current.cwd)
     try:
         parent_end.settimeout(10.0)
         standby_module.send_message(parent_end, {"modules": names, "path_entry": standby.path_entry})

@@ -738,13 +738,20 @@ def reexec(
     if env is not None and not isinstance(env, Mapping):
         raise TypeError(f"env must be a mapping from str to str, not {type(env).__name__}: {env!r}")
     updates: dict[str, str] = {}
+    exec_cwd = None
     if argv is None:
-        # current() only reads the environment it is given.
-        start = command.current(os.environ if env is None else dict(env))
+        start = command.current()
         _check_program_file(start.argv)
+        exec_cwd = start.cwd
+        if exec_cwd is not None and not os.path.isdir(exec_cwd):
+            raise FileNotFoundError(
+                errno_module.ENOENT,
+                "this -m program started in a directory that is gone, and a new run must start there "
+                "to import it; pass argv= to run it another way",
+                exec_cwd,
+            )
         exec_argv: Sequence[str | bytes] = start.argv
         exec_path: str | bytes | os.PathLike[str] = start.executable if executable is None else executable
-        updates.update(start.env_updates)
     else:
         exec_argv = argv
         if executable is None:
@@ -790,7 +797,11 @@ def reexec(
                 standby_stopped = upgrade_module._stop_standby_before_exec()
             _flush_passed(items, resolved.item_types, resolved.label)
             flush_output()
-            errno, bad_index = _native.exec_with_fds(path_bytes, argv_bytes, envp_bytes, numbers)
+            saved_cwd = _enter_start_directory(exec_cwd)
+            try:
+                errno, bad_index = _native.exec_with_fds(path_bytes, argv_bytes, envp_bytes, numbers)
+            finally:
+                _leave_start_directory(saved_cwd)
     finally:
         # Reached only if nothing was executed: a flush or the exec failed.
         if state_fd is not None:
@@ -833,6 +844,32 @@ def _size_report(argv: Sequence[bytes], envp: Sequence[bytes]) -> str:
         f"argv has {sum(map(len, argv))} bytes and the environment {sum(map(len, envp))} bytes in "
         f"{len(envp)} variables; the largest is {name!r} with {len(largest)} bytes"
     )
+
+
+def _enter_start_directory(path: str | None) -> int | None:
+    """Change into path, if given, and return an fd of the directory left, for _leave_start_directory().
+
+    NOTE: other threads see the new working directory until execve, or until
+    _leave_start_directory() after a failed one.
+    """
+    if path is None:
+        return None
+    saved = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.chdir(path)
+    except BaseException:
+        os.close(saved)
+        raise
+    return saved
+
+
+def _leave_start_directory(saved: int | None) -> None:
+    if saved is None:
+        return
+    try:
+        os.fchdir(saved)
+    finally:
+        os.close(saved)
 
 
 def _check_program_file(argv: list[str]) -> None:

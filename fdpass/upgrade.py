@@ -858,10 +858,14 @@ class Upgrader:
         environ.pop(READY_DEADLINE_VARIABLE, None)
         environ[PARENT_PID_VARIABLE] = str(os.getpid())
         try:
-            start = command.current(environ)
+            start = command.current()
         except ValueError as error:
             raise UpgradeError(f"upgrade not started: {error}") from error
-        environ.update(start.env_updates)
+        if start.cwd is not None and not os.path.isdir(start.cwd):
+            raise UpgradeError(
+                f"upgrade not started: the directory {start.cwd!r} that this -m program started in is gone, "
+                "and the new generation must start there to import it"
+            )
         path = os.fsencode(start.executable)
         argv = restart._encode_argv(start.argv)
 
@@ -952,7 +956,8 @@ class Upgrader:
         deadline = _ready_deadline_value(self._upgrade_timeout)
         if deadline is not None:
             envp = [*envp, f"{READY_DEADLINE_VARIABLE}={deadline}".encode()]
-        return _native.spawn_with_fds(path, argv, envp, passed), started
+        cwd = None if start.cwd is None else os.fsencode(start.cwd)
+        return _native.spawn_with_fds(path, argv, envp, passed, cwd=cwd), started
 
     def _hand_over(
         self, standby: Standby, start: command.StartCommand, environ: dict[str, str], passed: list[int]
@@ -962,8 +967,8 @@ class Upgrader:
         if self._exit_event.is_set():
             standby.kill()
             return None
-        cwd = ""
-        if reason is None:
+        cwd = start.cwd or ""
+        if reason is None and start.cwd is None:
             try:
                 cwd = os.getcwd()
             except OSError as error:

@@ -42,7 +42,11 @@ def run_loop(children, argv, restarts, **options):
 
 @pytest.mark.parametrize("mode", ["script", "relative script", "module", "launcher", "command", "interpreter options"])
 def test_argv_kept_over_restarts(children, tmp_path, mode):
-    """Three restarts, each after a chdir, keep sys.argv and the way the program was started."""
+    """Three restarts, each after a chdir, keep sys.argv and the way the program was started.
+
+    A -m program runs again in the directory it started in, which the
+    interpreter puts first on sys.path; others keep the directory they moved to.
+    """
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = clean_environment({"RESTARTS_LEFT": "3", "CHDIR_TO": str(elsewhere)})
@@ -66,8 +70,9 @@ def test_argv_kept_over_restarts(children, tmp_path, mode):
 
     # sys.argv[0] may become absolute, but must name the same file from the new cwd.
     first_script = os.path.join(cwd, reports[0]["argv"][0])
+    start_again_in = cwd if mode == "module" else elsewhere
     for number, report in enumerate(reports):
-        run_cwd = cwd if number == 0 else elsewhere
+        run_cwd = cwd if number == 0 else start_again_in
         assert report["pid"] == child.pid, number
         assert report["argv"][1:] == ARGS, number
         if mode == "command":
@@ -76,7 +81,7 @@ def test_argv_kept_over_restarts(children, tmp_path, mode):
             assert os.path.samefile(os.path.join(run_cwd, report["argv"][0]), first_script), number
         assert report["restarts_left"] == 3 - number
     for report in reports[1:]:
-        assert report["cwd"] == str(elsewhere)
+        assert report["cwd"] == str(start_again_in)
         assert report["inherited"] == PASSED
     if mode == "module":
         assert all(report["orig_argv"][1:3] == ["-m", "restartpkg"] for report in reports)
@@ -142,3 +147,61 @@ def test_stdio_closed_at_start(children, tmp_path):
         for fd in ("0", "1", "2"):
             assert report["fd_targets"][fd] == "/dev/null"
         assert report["inherited"] == PASSED
+
+
+MODULE_AFTER_CHDIR_PROGRAM = """\
+import json, os, sys
+import fdpass
+if os.environ.get("FDPASS_TEST_RUN") == "2":
+    print(json.dumps({"cwd": os.getcwd(), "path0": sys.path[0], "json": json.__file__}), flush=True)
+    sys.exit(0)
+os.chdir("data")
+os.environ["FDPASS_TEST_RUN"] = "2"
+fdpass.reexec()
+"""
+
+
+@pytest.mark.parametrize("options", [[], ["-E"]], ids=["default", "ignore-environment"])
+def test_module_after_chdir_imports_from_start(children, tmp_path, options):
+    """A -m program that moved into a directory holding json.py runs again from its start directory.
+
+    There a new run finds the program and the stdlib json, as the first run
+    did, also under -E, which ignores PYTHONPATH.
+    """
+    (tmp_path / "chdirapp.py").write_text(MODULE_AFTER_CHDIR_PROGRAM)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "json.py").write_text("raise SystemExit('data/json.py shadowed the stdlib json')\n")
+    child = children.start([sys.executable, *options, "-m", "chdirapp"], env=clean_environment(), cwd=tmp_path)
+    report = child.read_json()
+    status, _, stderr = child.finish()
+
+    assert status == 0, stderr
+    assert report["cwd"] == str(tmp_path)
+    assert report["path0"] == str(tmp_path)
+    assert not report["json"].startswith(str(tmp_path))
+
+
+MODULE_IN_REMOVED_DIRECTORY_PROGRAM = """\
+import json, os, sys
+import fdpass
+if os.environ.get("FDPASS_TEST_RUN") == "2":
+    print(json.dumps({"cwd": os.getcwd(), "pid": os.getpid()}), flush=True)
+    sys.exit(0)
+os.mkdir("removed")
+os.chdir("removed")
+os.rmdir(os.getcwd())
+os.environ["FDPASS_TEST_RUN"] = "2"
+fdpass.reexec()
+"""
+
+
+def test_module_in_removed_directory_restarts(children, tmp_path):
+    """A -m program whose working directory was removed runs again in the directory it started in."""
+    (tmp_path / "removedapp.py").write_text(MODULE_IN_REMOVED_DIRECTORY_PROGRAM)
+
+    child = children.start([sys.executable, "-m", "removedapp"], env=clean_environment(), cwd=tmp_path)
+    report = child.read_json()
+    status, _, stderr = child.finish()
+
+    assert status == 0, stderr
+    assert report == {"cwd": str(tmp_path), "pid": child.pid}

@@ -530,6 +530,26 @@ def test_crash_through_standby_keeps_parent(start_run):
     run.finish()
 
 
+@pytest.mark.parametrize("prestart", ["true", "false"], ids=["standby", "cold"])
+def test_module_upgrade_after_chdir(start_run, tmp_path, prestart):
+    """A -m program that moved into a directory holding json.py upgrades into a generation that starts where it did."""
+    app = tmp_path / "app"
+    app.mkdir()
+    shutil.copy(HELPERS / "prestart_server.py", app / "prestart_module_app.py")
+    data = app / "data"
+    data.mkdir()
+    (data / "json.py").write_text("raise SystemExit('data/json.py shadowed the stdlib json')\n")
+    run = start_run("--prestart", prestart, target=["-m", "prestart_module_app"], cwd=app)
+    run.set_control(chdir=str(data))
+
+    upgrading, upgraded, ready = run.upgrade()
+
+    assert ready["cwd"] == str(app)
+    if prestart == "true":
+        assert upgraded["new_pid"] == upgrading["standby_pid"]
+    run.finish()
+
+
 def test_upgrade_at_parent_exit_uses_standby(start_run, tmp_path):
     """An upgrade started the moment the previous generation exits still hands over to a standby."""
     run = start_run()

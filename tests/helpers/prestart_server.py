@@ -366,7 +366,8 @@ def main() -> int:
         take_upgrade_token(args.control)
     # wait_exit() returns True at once after stop(), which ends the standby.
     deadline = time.monotonic() + 20
-    while upgrader.standby_pid is None and time.monotonic() < deadline and not upgrader.wait_exit(0.01):
+    prestart_on = json.loads(args.prestart) is not False
+    while prestart_on and upgrader.standby_pid is None and time.monotonic() < deadline and not upgrader.wait_exit(0.01):
         pass
     # _standby is private, but only its has_report() shows whether the report has arrived.
     standby = upgrader._standby
