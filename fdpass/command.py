@@ -57,7 +57,11 @@ def _module_start_dir() -> str | None:
 
     For "python -m pkg", sys.path[0] is that directory, unless the program
     replaced it. The path of the module file separates the two cases.
+    Under -P or -I the interpreter puts no directory first, so a new run
+    needs none.
     """
+    if getattr(sys.flags, "safe_path", False) or sys.flags.isolated:
+        return None
     # NOTE: a program that replaced sys.path[0] before this runs loses it.
     if not sys.path or not sys.path[0] or not os.path.isabs(sys.path[0]):
         return None

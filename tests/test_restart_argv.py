@@ -205,3 +205,32 @@ def test_module_in_removed_directory_restarts(children, tmp_path):
 
     assert status == 0, stderr
     assert report == {"cwd": str(tmp_path), "pid": child.pid}
+
+
+SAFE_PATH_PROGRAM = """\
+import json, os, sys
+import fdpass
+if os.environ.get("FDPASS_TEST_RUN") == "2":
+    print(json.dumps({"cwd": os.getcwd()}), flush=True)
+    sys.exit(0)
+os.environ["FDPASS_TEST_RUN"] = "2"
+fdpass.reexec()
+"""
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="-P is new in Python 3.11")
+def test_safe_path_module_stays_in_its_directory(children, tmp_path):
+    """Under -P, sys.path[0] is a PYTHONPATH entry, not the start directory, so a new run starts where the first did."""
+    modules = tmp_path / "modules"
+    modules.mkdir()
+    (modules / "safepathapp.py").write_text(SAFE_PATH_PROGRAM)
+    workdir = tmp_path / "workdir"
+    workdir.mkdir()
+    env = clean_environment({"PYTHONPATH": str(modules)})
+
+    child = children.start([sys.executable, "-P", "-m", "safepathapp"], env=env, cwd=workdir)
+    report = child.read_json()
+    status, _, stderr = child.finish()
+
+    assert status == 0, stderr
+    assert report["cwd"] == str(workdir)
