@@ -334,7 +334,7 @@ def test_ready_generation_outlives_its_deadline(start_generations):
     generations = start_generations("--timeout", "1")
 
     _, ready = generations.upgrade()
-    assert ready["fdpass_variables"] == []
+    assert ready["upgrade_variables"] == []
     time.sleep(2.5)
 
     assert generations.request().split()[0] == str(ready["pid"])

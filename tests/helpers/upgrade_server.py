@@ -228,7 +228,10 @@ def main() -> int:
         fds=fd_targets(),
         state=None if state is None else state.decode(),
         passed_file=passed_file_content(),
-        fdpass_variables=sorted(name for name in os.environ if name.startswith("FDPASS_")),
+        # fdpass's own variables, which the Upgrader removes from os.environ.
+        upgrade_variables=sorted(
+            name for name in os.environ if name in ("FDPASS_READY_DEADLINE_NS", "FDPASS_PARENT_PID")
+        ),
     )
     if upgrader.has_parent:
         threading.Thread(target=watch_parent, daemon=True).start()
