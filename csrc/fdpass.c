@@ -12,6 +12,8 @@
 #include <limits.h>
 #include <signal.h>
 #include <sched.h>
+#include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -21,7 +23,6 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
-#include <stdint.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -452,23 +453,63 @@ static int cloexec_unpassed_fds(struct exec_state *st)
 }
 
 /*
- * Build the mask the new image starts with: only the signals that this thread
- * blocks and that are pending or have SIG_DFL stay blocked. A program that
- * blocks a signal without a handler takes it with sigwait() or signalfd.
- * Unblocked, a pending or newly sent one would run its default action, such
- * as terminating the process, before the new image could take it.
- * Signals with a handler or SIG_IGN are unblocked, so a mask that one thread
- * set for itself does not silence them in the new image.
+ * Read the main thread's blocked signals from /proc/self/task/<pid>/status
+ * into *bits (bit N - 1 for signal N). Return 0, or -1 if they cannot be read.
+ */
+static int read_main_thread_mask(unsigned long long *bits)
+{
+    char path[64];
+    char status[4096];
+    const char *line;
+    size_t used = 0;
+    ssize_t got;
+    int fd;
+
+    snprintf(path, sizeof(path), "/proc/self/task/%ld/status", (long)getpid());
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    while (used < sizeof(status) - 1) {
+        got = read(fd, status + used, sizeof(status) - 1 - used);
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got <= 0)
+            break;
+        used += (size_t)got;
+    }
+    close(fd);
+    status[used] = '\0';
+
+    line = strstr(status, "\nSigBlk:");
+    if (line == NULL)
+        return -1;
+    *bits = strtoull(line + strlen("\nSigBlk:"), NULL, 16);
+    return 0;
+}
+
+/*
+ * Build the mask the new image starts with. A signal that this thread blocks
+ * stays blocked if it is pending, or if it has SIG_DFL and the main thread
+ * blocks it too. A program that blocks a signal without a handler in every
+ * thread takes it with sigwait() or signalfd. Unblocked, a pending or newly
+ * sent one would run its default action, such as terminating the process,
+ * before the new image could take it. Other signals are unblocked, so a mask
+ * that one thread set for itself does not silence them in the new image,
+ * whose only thread starts with this mask.
  */
 static void build_exec_mask(const sigset_t *old_mask, sigset_t *exec_mask)
 {
     sigset_t pending;
     struct sigaction current;
+    unsigned long long main_blocked = ~0ULL;
     int sig;
 
     sigemptyset(exec_mask);
     if (sigpending(&pending) == -1)
         sigemptyset(&pending);
+    /* NOTE: if /proc cannot be read, the calling thread's mask alone decides. */
+    if ((pid_t)syscall(SYS_gettid) != getpid() && read_main_thread_mask(&main_blocked) < 0)
+        main_blocked = ~0ULL;
 
     for (sig = 1; sig < NSIG; sig++) {
         if (sigismember(old_mask, sig) != 1)
@@ -476,7 +517,8 @@ static void build_exec_mask(const sigset_t *old_mask, sigset_t *exec_mask)
         /* sigaction() rejects the numbers that the C library keeps for itself. */
         if (sigaction(sig, NULL, &current) == -1)
             continue;
-        if (sigismember(&pending, sig) == 1 || current.sa_handler == SIG_DFL)
+        if (sigismember(&pending, sig) == 1 ||
+            (current.sa_handler == SIG_DFL && sig <= 64 && ((main_blocked >> (sig - 1)) & 1)))
             sigaddset(exec_mask, sig);
     }
 }

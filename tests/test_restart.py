@@ -162,3 +162,31 @@ def test_pending_blocked_signal_survives_reexec(children):
     assert report["pid"] == child.pid
     assert report["pending"] == [signal.SIGHUP]
     assert signal.SIGHUP in report["blocked"]
+
+
+THREAD_MASK_PROGRAM = r"""
+import json, os, signal, threading, fdpass
+if os.environ.get("FDPASS_TEST_RUN") == "2":
+    print(json.dumps({"blocked": sorted(signal.pthread_sigmask(signal.SIG_BLOCK, []))}), flush=True)
+    raise SystemExit(0)
+# SIGHUP is blocked in every thread, as for sigwait(); SIGTERM only in the
+# thread that restarts.
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+def restart():
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    os.environ["FDPASS_TEST_RUN"] = "2"
+    fdpass.reexec()
+threading.Thread(target=restart).start()
+threading.Event().wait(30)
+"""
+
+
+def test_reexec_unblocks_signal_blocked_in_one_thread(children):
+    """A signal that only the restarting thread blocks is unblocked in the new run, one all threads block is not."""
+    child = children.python("-c", THREAD_MASK_PROGRAM)
+    report = child.read_json()
+    status, _, stderr = child.finish()
+
+    assert status == 0, stderr
+    assert signal.SIGHUP in report["blocked"]
+    assert signal.SIGTERM not in report["blocked"]
