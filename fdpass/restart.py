@@ -691,10 +691,10 @@ def reexec(
     object with flush() are flushed first. Never returns on success.
 
     The new run starts with SIGPIPE and SIGXFSZ at SIG_DFL. Of the signals
-    that the calling thread blocks, those without a handler stay blocked,
-    so a program that takes SIGHUP with sigwait() keeps a SIGHUP sent during
-    the restart pending, instead of dying of it. Those with a handler are
-    unblocked.
+    that the calling thread blocks, those without a handler that the main
+    thread blocks too stay blocked, and so do pending ones. So a program
+    that takes SIGHUP with sigwait() keeps a SIGHUP sent during the restart
+    pending, instead of dying of it. The others are unblocked.
 
     Args:
         fds: a sequence of fds, each named "unknown", or a mapping from name
