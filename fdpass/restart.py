@@ -248,7 +248,7 @@ def _adopt_described_sockets(
 
 def _adopt(listen_env: protocol.ListenEnv) -> Inherited:
     fds, names = listen_env.fds, listen_env.names
-    specs = _socket_env.decode(os.environ, os.getpid(), os.getppid(), len(fds))
+    specs = _socket_env.decode(os.environ, os.getpid(), _parent_generation_pid(), len(fds))
     adopted = None
     # Only sockets take the fast path, so one fd that FDPASS_SOCKETS does not
     # describe (family -1) sends every fd through the kernel inspection.
@@ -870,6 +870,22 @@ def _leave_start_directory(saved: int | None) -> None:
         os.fchdir(saved)
     finally:
         os.close(saved)
+
+
+def _parent_generation_pid() -> int:
+    """Return the PID of the Upgrader generation that started this process, or else os.getppid().
+
+    upgrade() writes it in FDPASS_PARENT_PID (fdpass.upgrade.PARENT_PID_VARIABLE),
+    which still names that generation after it exited, when os.getppid()
+    names a reaper. The first Upgrader moves the value out of os.environ.
+    """
+    text = os.environ.get("FDPASS_PARENT_PID", "")
+    if text.isascii() and text.isdigit() and int(text) > 0:
+        return int(text)
+    cached = getattr(sys.modules.get("fdpass.upgrade"), "_inherited_parent_pid", None)
+    if isinstance(cached, int):
+        return cached
+    return os.getppid()
 
 
 def _check_program_file(argv: list[str]) -> None:

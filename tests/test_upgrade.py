@@ -329,6 +329,39 @@ def test_interpreter_exit_kills_unready_generation(start_generations):
         generations.request()
 
 
+ORPHANED_TIMEOUT_PROGRAM = r"""
+import json, os, signal, sys, threading, time, fdpass
+if "FDPASS_PARENT_PID" in os.environ:
+    time.sleep(0.6)  # inherit() comes after the old generation has died
+upgrader = fdpass.Upgrader(upgrade_timeout=10)
+listener = upgrader.listen(("127.0.0.1", 0), name="http")
+if upgrader.has_parent:
+    print(json.dumps({"pid": os.getpid(), "timeout": listener.gettimeout()}), flush=True)
+    upgrader.ready()
+    sys.exit(0)
+listener.settimeout(5.0)
+upgrader.ready()
+print(json.dumps({"pid": os.getpid(), "timeout": listener.gettimeout()}), flush=True)
+threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGKILL)).start()
+upgrader.upgrade()
+"""
+
+
+def test_timeout_kept_after_parent_died(reaper, children):
+    """A new generation whose parent died before it called inherit() still gets the listener's timeout."""
+    child = children.python("-c", ORPHANED_TIMEOUT_PROGRAM)
+
+    old = child.read_json()
+    new = child.read_json()
+    status, _, _ = child.finish()
+
+    assert status == -signal.SIGKILL
+    assert old["timeout"] == 5.0
+    assert new["pid"] != old["pid"]
+    assert new["timeout"] == 5.0
+    assert wait_reaped(new["pid"])
+
+
 def test_ready_generation_outlives_its_deadline(start_generations):
     """ready() deletes the deadline timer: the new generation serves on past upgrade_timeout plus the grace."""
     generations = start_generations("--timeout", "1")
