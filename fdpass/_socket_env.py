@@ -8,7 +8,7 @@ O_NONBLOCK, and the kernel keeps only that flag, so this variable is the
 only way a timeout reaches the new image.
 
 The variable is private to fdpass. inherit() trusts it only when it names
-this process (or, with the ``^`` mark, this process's parent) and the fd
+this process (or, with the ``^`` mark, the generation that started it) and the fd
 count of LISTEN_FDS. Otherwise inherit() reads the same facts from the
 kernel, and a socket with O_NONBLOCK comes back with timeout 0.0. When the
 value leaves an fd undescribed, inherit() reads every fd from the kernel.
@@ -163,7 +163,9 @@ def decode(
 ) -> tuple[list[int], list[int], list[int], list[float | None]] | None:
     """Return (families, types, protocols, timeouts) for count fds passed to pid, or None.
 
-    parent_pid is os.getppid() of pid. An fd that the value does not
+    parent_pid is the PID of the generation that started pid: its
+    FDPASS_PARENT_PID, which outlives that generation, or else its
+    os.getppid(). An fd that the value does not
     describe gets family, type and protocol -1 and timeout None. A timeout
     is None for a blocking socket, 0.0 for a non-blocking one, or the
     seconds of settimeout(). None means the variable is missing, malformed,
