@@ -10,6 +10,7 @@ call per fd other than the constructors' own.
 from __future__ import annotations
 
 import _socket
+import fcntl
 import itertools
 import os
 import socket
@@ -196,15 +197,17 @@ def rebuild_sockets(
 
     timeouts[i] is None for a blocking socket, 0.0 for a non-blocking one,
     as O_NONBLOCK gives in rebuild(), or the seconds for settimeout().
-    Each socket with seconds costs one system call, because settimeout()
-    always issues FIONBIO(1). The fd of such a socket has O_NONBLOCK already.
+    Each socket with seconds costs two system calls: F_GETFL checks that its
+    fd has O_NONBLOCK, so that settimeout()'s FIONBIO(1) changes nothing on
+    an fd that another process shares.
     The constructor reads each fd's family with getsockname(), which it calls
     anyway, and that family must equal families[i]. The type and protocol are
     taken as given, which saves two system calls per fd.
 
     Raises:
         OSError: an fd is not a socket.
-        ValueError: an fd's family differs from families[i].
+        ValueError: an fd's family differs from families[i], or an fd given
+            seconds is blocking.
         In both cases every socket built is detached, so no fd is closed.
     """
     count = len(timeouts)
@@ -233,8 +236,11 @@ def rebuild_sockets(
             raise ValueError("a passed socket's family differs from the family given for it")
         if timed_count:
             for sock, timeout in zip(built, timeouts, strict=True):
-                if timeout:
-                    sock.settimeout(timeout)
+                if not timeout:
+                    continue
+                if not fcntl.fcntl(sock.fileno(), fcntl.F_GETFL) & os.O_NONBLOCK:
+                    raise ValueError(f"fd {sock.fileno()} is blocking, but a timeout of {timeout} s is given for it")
+                sock.settimeout(timeout)
     except (OSError, ValueError):
         for sock in built:
             sock.detach()

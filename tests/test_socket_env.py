@@ -259,3 +259,15 @@ def test_rebuild_sockets_wrong_family_detaches():
     os.close(copy)
     first.close()
     second.close()
+
+
+def test_timeout_for_blocking_fd_rejected():
+    """A timeout given for an fd without O_NONBLOCK raises ValueError and leaves the fd blocking and open."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        fd = listener.fileno()
+
+        with pytest.raises(ValueError, match=f"fd {fd} is blocking"):
+            rebuild.rebuild_sockets([fd], [socket.AF_INET], [socket.SOCK_STREAM], [socket.IPPROTO_TCP], [5.0])
+
+        assert os.get_blocking(fd)
+        assert listener.getsockname()[0] == "127.0.0.1"
