@@ -19,9 +19,11 @@ NOTHING_OR_VALUE_ERROR = (None, "ValueError")
 VALUE_ERROR = ("ValueError",)
 
 
-def launch(children, env, *, passed=2, targets=None, open_first=0, extra_args=()):
+def launch(children, env, *, passed=2, targets=None, open_first=0, extra_args=(), nonblocking=False):
     """Run inherit_report.py with `passed` socketpair ends on `targets` and env set; return its report."""
     pairs = [socket.socketpair() for _ in range(passed)]
+    for first, _ in pairs:
+        first.setblocking(not nonblocking)
     targets = list(range(3, 3 + passed)) if targets is None else targets
     try:
         layout = {str(target): pair[0].fileno() for target, pair in zip(targets, pairs, strict=True)}

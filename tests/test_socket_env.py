@@ -178,23 +178,24 @@ def test_inherit_with_socket_spec(children, spec):
 
 
 @pytest.mark.parametrize(
-    "spec, timeouts",
+    "spec, nonblocking, timeouts",
     [
-        pytest.param(f"$PID:2:{UNIX_STREAM[:-1]}1/2.5*2", [2.5, 2.5], id="timeout"),
-        pytest.param(f"$PID:2:{UNIX_STREAM}*2", [None, None], id="blocking"),
-        pytest.param(f"$PID:2:{UNIX_STREAM[:-1]}1/2.5*1,-*1", [None, None], id="timeout without O_NONBLOCK"),
-        pytest.param(f"$PID:2:{UNIX_STREAM[:-1]}1/x*2", [None, None], id="malformed timeout"),
+        pytest.param(f"$PID:2:{UNIX_STREAM[:-1]}1/2.5*2", True, [2.5, 2.5], id="timeout"),
+        pytest.param(f"$PID:2:{UNIX_STREAM[:-1]}1/2.5*2", False, [None, None], id="timeout on blocking fds"),
+        pytest.param(f"$PID:2:{UNIX_STREAM}*2", False, [None, None], id="blocking"),
+        pytest.param(f"$PID:2:{UNIX_STREAM[:-1]}1/2.5*1,-*1", False, [None, None], id="timeout without O_NONBLOCK"),
+        pytest.param(f"$PID:2:{UNIX_STREAM[:-1]}1/x*2", False, [None, None], id="malformed timeout"),
     ],
 )
-def test_inherit_socket_spec_timeouts(children, spec, timeouts):
-    """inherit() gives the written timeout in the fast path, and the kernel's blocking mode otherwise.
+def test_inherit_socket_spec_timeouts(children, spec, nonblocking, timeouts):
+    """inherit() gives the written timeout to an fd with O_NONBLOCK, and the kernel's blocking mode otherwise.
 
-    The passed socketpair ends are blocking. With a "-" run, inherit() reads
+    With a "-" run, or a timeout written for a blocking fd, inherit() reads
     the fds from the kernel, and a blocking fd keeps timeout None.
     """
     env = {**listen_env("2", "a:b"), _socket_env.VARIABLE: spec}
 
-    report = launch(children, env)
+    report = launch(children, env, nonblocking=nonblocking)
 
     assert report["error_type"] is None
     assert [entry["timeout"] for entry in report["adopted"]] == timeouts
