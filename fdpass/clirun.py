@@ -265,10 +265,14 @@ def bind_all(specs: list[cliaddress.ListenSpec], backlog: int | None) -> list[tu
                 EXIT_USAGE,
             )
         first_spec[id(sock)] = spec
-        bound.append((spec.name, sock))
+        # An unnamed value that reused an inherited socket keeps the name
+        # that socket was passed under, as listen() registered it.
+        registered = {id(listener): listener_name for listener_name, listener in restart.listeners()}
+        name = spec.name if spec.named else registered.get(id(sock), spec.name)
+        bound.append((name, sock))
         # With port 0 this line is the only place the chosen port shows.
         fd = protocol.FIRST_FD + len(bound) - 1
-        log.info("listening on %s as fd %d, named %r", cliaddress.format_bound(sock), fd, spec.name)
+        log.info("listening on %s as fd %d, named %r", cliaddress.format_bound(sock), fd, name)
 
     _close_unmatched_inherited(first_spec)
     return bound

@@ -215,6 +215,23 @@ def test_run_adopts_socket_from_systemd_socket_activate(children):
     assert report["sockets"][0]["address"] == ["127.0.0.1", port]
 
 
+def test_unnamed_listen_keeps_inherited_name(children):
+    """An unnamed --listen that reuses an inherited socket logs and passes the name that socket came with."""
+    with socket.create_server(("127.0.0.1", 0)) as passed:
+        port = passed.getsockname()[1]
+        report_command = [sys.executable, str(HELPERS / "report_listen_fds.py")]
+        argv, env = socket_activation(passed, [*fdpass_run("-v", "-l", f"127.0.0.1:{port}", "--", *report_command)])
+        env["LISTEN_FDNAMES"] = "web"
+        child = children.start(argv, env=clean_environment(env), pass_fds=(passed.fileno(),))
+    report = child.read_json()
+    status, _, stderr = child.finish()
+
+    assert status == 0, stderr
+    assert f"listening on 127.0.0.1:{port} as fd 3, named 'web'" in stderr
+    assert report["env"]["LISTEN_FDNAMES"] == "web"
+    assert report["sockets"][0]["address"] == ["127.0.0.1", port]
+
+
 def test_unmatched_inherited_socket_logged(children):
     """An inherited socket that matches no --listen is logged with its fd and name, and COMMAND does not get it."""
     with socket.create_server(("127.0.0.1", 0)) as passed:
