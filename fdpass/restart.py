@@ -25,7 +25,7 @@ from fdpass import state as state_module
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from typing import NoReturn, Protocol, TypeGuard
+    from typing import IO, NoReturn, Protocol, TypeGuard
 
     from fdpass.addresses import Address, Target
 
@@ -731,13 +731,17 @@ def reexec(
         )
     else:
         resolved = _resolve_fds(fds, check_repeats=False)
+    check_not_reserved(resolved.names)
+    upgrade_module = sys.modules.get("fdpass.upgrade")
+    readiness = None if upgrade_module is None else upgrade_module._unannounced_readiness()
+    if readiness is not None:
+        resolved = _with_readiness_pipes(resolved, readiness[0], readiness[1])
     items, numbers, names = resolved.items, resolved.numbers, resolved.names
-    check_not_reserved(names)
     state_bytes = None if state is None else state_module.to_bytes(state)
 
     if env is not None and not isinstance(env, Mapping):
         raise TypeError(f"env must be a mapping from str to str, not {type(env).__name__}: {env!r}")
-    updates: dict[str, str] = {}
+    updates: dict[str, str] = {} if readiness is None else dict(readiness[2])
     exec_cwd = None
     if argv is None:
         start = command.current()
@@ -870,6 +874,23 @@ def _leave_start_directory(saved: int | None) -> None:
         os.fchdir(saved)
     finally:
         os.close(saved)
+
+
+def _with_readiness_pipes(resolved: _Resolved, pipe_names: list[str], pipes: list[IO[bytes]]) -> _Resolved:
+    """Return resolved with the Upgrader's readiness and parent pipes appended under their reserved names."""
+    count = len(resolved.items)
+    base_label = resolved.label
+
+    def label(index: int) -> str:
+        return base_label(index) if index < count else f"fdpass's {pipe_names[index - count]!r} pipe"
+
+    return _Resolved(
+        [*resolved.items, *pipes],
+        resolved.item_types | set(map(type, pipes)),
+        [*resolved.numbers, *(pipe.fileno() for pipe in pipes)],
+        [*resolved.names, *pipe_names],
+        label,
+    )
 
 
 def _parent_generation_pid() -> int:

@@ -99,6 +99,8 @@ _inherited_parent_pid: int | None = None
 # (timer id, PID of the process that armed it) of the timer that kills this
 # generation at READY_DEADLINE_VARIABLE's time, until ready() deletes it.
 _ready_deadline_timer: tuple[int, int] | None = None
+# That time, in time.monotonic_ns(), for a reexec() before ready().
+_ready_deadline_ns: int | None = None
 _exit_hook_registered = False
 
 
@@ -259,7 +261,7 @@ def _arm_ready_deadline() -> None:
     Takes READY_DEADLINE_VARIABLE out of os.environ, so the program's own
     children do not inherit it.
     """
-    global _ready_deadline_timer
+    global _ready_deadline_timer, _ready_deadline_ns
 
     text = os.environ.pop(READY_DEADLINE_VARIABLE, "")
     if not text or _ready_deadline_timer is not None:
@@ -278,6 +280,7 @@ def _arm_ready_deadline() -> None:
         )
         return
     _ready_deadline_timer = (timer, os.getpid())
+    _ready_deadline_ns = int(text)
     seconds = (int(text) - time.monotonic_ns()) / 1e9
     _log.debug("generation PID %d kills itself unless ready() is called within %.1f s", os.getpid(), seconds)
 
@@ -1501,6 +1504,33 @@ def _readable(fd: int) -> bool:
         return bool(poller.poll(0))
     except OSError:
         return True
+
+
+def _unannounced_readiness() -> tuple[list[str], list[IO[bytes]], dict[str, str]] | None:
+    """Return the pipes and variables that reexec() passes so that the new image stays this generation, or None.
+
+    Only while the active Upgrader has a parent and has not called ready():
+    the new image's Upgrader then finds them as after upgrade(), and its
+    ready() reaches the previous generation.
+    """
+    upgrader = _active
+    if upgrader is None or upgrader._owner_pid != os.getpid():
+        return None
+    with upgrader._lock:
+        ready_pipe, parent_pipe = upgrader._ready_pipe, upgrader._parent_pipe
+        if upgrader._state != _STARTING or ready_pipe is None or ready_pipe.closed:
+            return None
+
+    names, pipes = [READY_FD_NAME], [ready_pipe]
+    if parent_pipe is not None and not parent_pipe.closed:
+        names.append(PARENT_FD_NAME)
+        pipes.append(parent_pipe)
+    variables = {}
+    if upgrader._parent_pid is not None:
+        variables[PARENT_PID_VARIABLE] = str(upgrader._parent_pid)
+    if _ready_deadline_ns is not None:
+        variables[READY_DEADLINE_VARIABLE] = str(_ready_deadline_ns)
+    return names, pipes, variables
 
 
 def _stop_standby_before_exec() -> bool:
