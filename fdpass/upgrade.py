@@ -1202,6 +1202,8 @@ class Upgrader:
 
     def _end_attempt(self, attempt: _Attempt, *, kill: bool) -> None:
         """Kill (if asked) and reap the new generation, close its pipes, and allow the next upgrade."""
+        # NOTE: only the new generation gets SIGKILL. Workers that it forked
+        # before ready() live on with copies of the listening sockets.
         if kill and attempt.status is None:
             try:
                 os.kill(attempt.pid, signal.SIGKILL)
