@@ -13,7 +13,6 @@
 #include <signal.h>
 #include <sched.h>
 #include <stdint.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -453,20 +452,20 @@ static int cloexec_unpassed_fds(struct exec_state *st)
 }
 
 /*
- * Read the main thread's blocked signals from /proc/self/task/<pid>/status
- * into *bits (bit N - 1 for signal N). Return 0, or -1 if they cannot be read.
+ * Read the main thread's blocked signals into *bits (bit N - 1 for signal N).
+ * /proc/self/status describes the thread group leader, which is the main
+ * thread, and unlike /proc/self/task/<getpid()> it also works in a PID
+ * namespace that sees the host's /proc. Return 0, or -1 if it cannot be read.
  */
 static int read_main_thread_mask(unsigned long long *bits)
 {
-    char path[64];
     char status[4096];
     const char *line;
     size_t used = 0;
     ssize_t got;
     int fd;
 
-    snprintf(path, sizeof(path), "/proc/self/task/%ld/status", (long)getpid());
-    fd = open(path, O_RDONLY | O_CLOEXEC);
+    fd = open("/proc/self/status", O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return -1;
     while (used < sizeof(status) - 1) {
