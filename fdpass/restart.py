@@ -694,7 +694,9 @@ def reexec(
     that the calling thread blocks, those without a handler that the main
     thread blocks too stay blocked, and so do pending ones. So a program
     that takes SIGHUP with sigwait() keeps a SIGHUP sent during the restart
-    pending, instead of dying of it. The others are unblocked.
+    pending, instead of dying of it. The others are unblocked. If
+    /proc/self/status cannot be read, the calling thread's mask stands in
+    for the main thread's.
 
     Args:
         fds: a sequence of fds, each named "unknown", or a mapping from name
