@@ -169,8 +169,10 @@ def inherited_state() -> bytes | None:
 
     inherited = inherit()
     with _lock:
-        if _inherited_state is None and state_module.STATE_FD_NAME in inherited:
-            carrier = inherited[state_module.STATE_FD_NAME]
+        carrier = inherited.get(state_module.STATE_FD_NAME)
+        # A socket under that name came from a service manager's
+        # FileDescriptorName=, not from fdpass, and is left alone.
+        if _inherited_state is None and carrier is not None and not isinstance(carrier, socket.socket):
             fd = carrier if isinstance(carrier, int) else carrier.fileno()
             _inherited_state = state_module.read_state_fd(fd)
             if not isinstance(carrier, int):
@@ -330,7 +332,13 @@ def listen(
 
         for description, obj in _unclaimed_inherited(inherited, target, name):
             if matches_bound_address(obj, target, description.listening):
-                _listeners.append((obj, name or description.name, name is not None))
+                # A socket that a service manager passed under a name that
+                # fdpass reserves is registered as "unknown", so that
+                # reexec() can pass it on.
+                inherited_name = description.name
+                if inherited_name.startswith(RESERVED_NAME_PREFIX):
+                    inherited_name = protocol.DEFAULT_NAME
+                _listeners.append((obj, name or inherited_name, name is not None))
                 _log.debug("listen(%r) reuses inherited fd %d", address, description.fd)
                 return obj
 

@@ -232,6 +232,22 @@ def test_unnamed_listen_keeps_inherited_name(children):
     assert report["sockets"][0]["address"] == ["127.0.0.1", port]
 
 
+def test_reserved_inherited_name_becomes_unknown(children):
+    """A socket passed under a name that fdpass reserves is reused and passed on as "unknown"."""
+    with socket.create_server(("127.0.0.1", 0)) as passed:
+        port = passed.getsockname()[1]
+        report_command = [sys.executable, str(HELPERS / "report_listen_fds.py")]
+        argv, env = socket_activation(passed, [*fdpass_run("-v", "-l", f"127.0.0.1:{port}", "--", *report_command)])
+        env["LISTEN_FDNAMES"] = "fdpass-web"
+        child = children.start(argv, env=clean_environment(env), pass_fds=(passed.fileno(),))
+    report = child.read_json()
+    status, _, stderr = child.finish()
+
+    assert status == 0, stderr
+    assert report["env"]["LISTEN_FDNAMES"] == "unknown"
+    assert report["sockets"][0]["address"] == ["127.0.0.1", port]
+
+
 def test_unmatched_inherited_socket_logged(children):
     """An inherited socket that matches no --listen is logged with its fd and name, and COMMAND does not get it."""
     with socket.create_server(("127.0.0.1", 0)) as passed:

@@ -203,3 +203,30 @@ def test_malformed_message_names_variable(children, case, named):
 
     if report["error_type"] is not None:
         assert named in report["message"]
+
+
+SOCKET_NAMED_STATE_PROGRAM = r"""
+import json, fdpass
+state = fdpass.inherited_state()
+sock = fdpass.inherit()["fdpass-state"]
+print(json.dumps({"state": state, "family": int(sock.family), "open": sock.fileno() != -1}), flush=True)
+"""
+
+
+def test_socket_named_state_is_not_read_as_state(children):
+    """A socket that a service manager passed under the name fdpass-state is not read or closed by inherited_state()."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        config = json.dumps({"layout": {"3": listener.fileno()}, "env": listen_env("1", "fdpass-state")})
+        child = children.python(
+            HELPERS / "listen_launcher.py",
+            config,
+            sys.executable,
+            "-c",
+            SOCKET_NAMED_STATE_PROGRAM,
+            pass_fds=[listener.fileno()],
+        )
+        report = child.read_json()
+        status, _, stderr = child.finish()
+
+    assert status == 0, stderr
+    assert report == {"state": None, "family": socket.AF_INET, "open": True}
