@@ -744,6 +744,8 @@ def reexec(
     check_not_reserved(resolved.names)
     upgrade_module = sys.modules.get("fdpass.upgrade")
     readiness = None if upgrade_module is None else upgrade_module._unannounced_readiness()
+    if readiness is None:
+        readiness = _inherited_readiness_pipes()
     if readiness is not None:
         resolved = _with_readiness_pipes(resolved, readiness[0], readiness[1])
     items, numbers, names = resolved.items, resolved.numbers, resolved.names
@@ -884,6 +886,29 @@ def _leave_start_directory(saved: int | None) -> None:
         os.fchdir(saved)
     finally:
         os.close(saved)
+
+
+def _inherited_readiness_pipes() -> tuple[list[str], list[IO[bytes]], dict[str, str]] | None:
+    """Return the open readiness and parent pipes this process inherited from upgrade(), if no Upgrader took them.
+
+    A new generation that calls reexec() before it creates its Upgrader
+    passes them on, so that its new image is still the generation that the
+    old one waits for. FDPASS_PARENT_PID and FDPASS_READY_DEADLINE_NS are
+    still in os.environ then, and travel with it.
+    """
+    inherited = inherit()
+    names: list[str] = []
+    pipes: list[IO[bytes]] = []
+    # fdpass.upgrade's READY_FD_NAME and PARENT_FD_NAME, spelled out because that module imports this one.
+    for name in ("fdpass-ready", "fdpass-parent"):
+        pipe = inherited.get(name)
+        if pipe is None or isinstance(pipe, (int, socket.socket)) or pipe.closed:
+            continue
+        names.append(name)
+        pipes.append(pipe)
+    if "fdpass-ready" not in names:
+        return None
+    return names, pipes, {}
 
 
 def _with_readiness_pipes(resolved: _Resolved, pipe_names: list[str], pipes: list[IO[bytes]]) -> _Resolved:

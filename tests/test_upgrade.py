@@ -393,6 +393,39 @@ def test_reexec_before_ready_stays_new_generation(reaper, children):
     assert wait_reaped(new["pid"])
 
 
+REEXEC_BEFORE_UPGRADER_PROGRAM = r"""
+import json, os, sys, fdpass
+listener = fdpass.listen(("127.0.0.1", 0), name="http")
+if "FDPASS_PARENT_PID" in os.environ and os.environ.get("FDPASS_TEST_REEXECED") != "1":
+    os.environ["FDPASS_TEST_REEXECED"] = "1"
+    fdpass.reexec()
+upgrader = fdpass.Upgrader(upgrade_timeout=20)
+port = listener.getsockname()[1]
+if upgrader.has_parent:
+    print(json.dumps({"pid": os.getpid(), "parent": upgrader.parent_pid, "port": port}), flush=True)
+    upgrader.ready()
+    upgrader.wait_for_parent(timeout=20)
+    sys.exit(0)
+upgrader.ready()
+print(json.dumps({"pid": os.getpid(), "new_pid": upgrader.upgrade(), "port": port}), flush=True)
+"""
+
+
+def test_reexec_before_upgrader_stays_new_generation(reaper, children):
+    """A new generation that restarts in place before it creates its Upgrader keeps the pipes and the listener."""
+    child = children.python("-c", REEXEC_BEFORE_UPGRADER_PROGRAM)
+
+    new = child.read_json()
+    old = child.read_json()
+    status, _, stderr = child.finish()
+
+    assert status == 0, stderr
+    assert new["parent"] == old["pid"] == child.pid
+    assert old["new_pid"] == new["pid"]
+    assert new["port"] == old["port"]
+    assert wait_reaped(new["pid"])
+
+
 def test_ready_generation_outlives_its_deadline(start_generations):
     """ready() deletes the deadline timer: the new generation serves on past upgrade_timeout plus the grace."""
     generations = start_generations("--timeout", "1")
