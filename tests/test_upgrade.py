@@ -362,36 +362,24 @@ def test_timeout_kept_after_parent_died(reaper, children):
     assert wait_reaped(new["pid"])
 
 
+# Both print {"pid", "parent", "port"} from the new generation, then
+# {"pid", "new_pid", "port"} from the old one.
 REEXEC_BEFORE_READY_PROGRAM = r"""
 import json, os, sys, fdpass
 upgrader = fdpass.Upgrader(upgrade_timeout=20)
 listener = upgrader.listen(("127.0.0.1", 0), name="http")
+port = listener.getsockname()[1]
 if upgrader.has_parent:
     if os.environ.get("FDPASS_TEST_REEXECED") != "1":
         os.environ["FDPASS_TEST_REEXECED"] = "1"
         fdpass.reexec()
-    print(json.dumps({"pid": os.getpid(), "parent": upgrader.parent_pid}), flush=True)
+    print(json.dumps({"pid": os.getpid(), "parent": upgrader.parent_pid, "port": port}), flush=True)
     upgrader.ready()
     upgrader.wait_for_parent(timeout=20)
     sys.exit(0)
 upgrader.ready()
-print(json.dumps({"pid": os.getpid(), "new_pid": upgrader.upgrade()}), flush=True)
+print(json.dumps({"pid": os.getpid(), "new_pid": upgrader.upgrade(), "port": port}), flush=True)
 """
-
-
-def test_reexec_before_ready_stays_new_generation(reaper, children):
-    """A new generation that restarts in place before ready() is still the one the old generation waits for."""
-    child = children.python("-c", REEXEC_BEFORE_READY_PROGRAM)
-
-    new = child.read_json()
-    old = child.read_json()
-    status, _, stderr = child.finish()
-
-    assert status == 0, stderr
-    assert new["parent"] == old["pid"] == child.pid
-    assert old["new_pid"] == new["pid"]
-    assert wait_reaped(new["pid"])
-
 
 REEXEC_BEFORE_UPGRADER_PROGRAM = r"""
 import json, os, sys, fdpass
@@ -411,9 +399,14 @@ print(json.dumps({"pid": os.getpid(), "new_pid": upgrader.upgrade(), "port": por
 """
 
 
-def test_reexec_before_upgrader_stays_new_generation(reaper, children):
-    """A new generation that restarts in place before it creates its Upgrader keeps the pipes and the listener."""
-    child = children.python("-c", REEXEC_BEFORE_UPGRADER_PROGRAM)
+@pytest.mark.parametrize(
+    "program",
+    [REEXEC_BEFORE_READY_PROGRAM, REEXEC_BEFORE_UPGRADER_PROGRAM],
+    ids=["after Upgrader()", "before Upgrader()"],
+)
+def test_reexec_before_ready_stays_new_generation(reaper, children, program):
+    """A new generation that restarts in place before ready() is still the one the old generation waits for."""
+    child = children.python("-c", program)
 
     new = child.read_json()
     old = child.read_json()
