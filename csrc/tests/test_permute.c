@@ -84,8 +84,8 @@ struct layout {
     int sighup_handled;
 };
 
-/* The variable that tells --check which signals must still be blocked, as a
- * bit mask with bit N for signal N; unset means none. */
+/* The variable through which --check gets the signals that must still be
+ * blocked, as a decimal bit mask with bit N for signal N. Unset means none. */
 #define BLOCKED_VARIABLE "FDPASS_TEST_BLOCKED"
 
 /* Seconds a case may run, the --check program included, before SIGALRM ends it. */
