@@ -743,17 +743,17 @@ def reexec(
         resolved = _resolve_fds(fds, check_repeats=False)
     check_not_reserved(resolved.names)
     upgrade_module = sys.modules.get("fdpass.upgrade")
-    readiness = None if upgrade_module is None else upgrade_module._unannounced_readiness()
-    if readiness is None:
-        readiness = _inherited_readiness_pipes()
+    readiness = _inherited_readiness_pipes()
     if readiness is not None:
-        resolved = _with_readiness_pipes(resolved, readiness[0], readiness[1])
+        resolved = _with_readiness_pipes(resolved, *readiness)
     items, numbers, names = resolved.items, resolved.numbers, resolved.names
     state_bytes = None if state is None else state_module.to_bytes(state)
 
     if env is not None and not isinstance(env, Mapping):
         raise TypeError(f"env must be a mapping from str to str, not {type(env).__name__}: {env!r}")
-    updates: dict[str, str] = {} if readiness is None else dict(readiness[2])
+    updates: dict[str, str] = {}
+    if readiness is not None and upgrade_module is not None:
+        updates.update(upgrade_module._readiness_variables())
     exec_cwd = None
     if argv is None:
         start = command.current()
@@ -808,7 +808,6 @@ def reexec(
                     len(numbers),
                     ", ".join(f"{fd}={name!r}" for fd, name in zip(numbers, names, strict=True)),
                 )
-            upgrade_module = sys.modules.get("fdpass.upgrade")
             if upgrade_module is not None:
                 standby_stopped = upgrade_module._stop_standby_before_exec()
             _flush_passed(items, resolved.item_types, resolved.label)
@@ -822,8 +821,8 @@ def reexec(
         # Reached only if nothing was executed: a flush or the exec failed.
         if state_fd is not None:
             os.close(state_fd)
-        if standby_stopped:
-            sys.modules["fdpass.upgrade"]._restart_standby_after_exec_failure()
+        if standby_stopped and upgrade_module is not None:
+            upgrade_module._restart_standby_after_exec_failure()
 
     if bad_index >= 0:
         bad_fd = numbers[bad_index]
@@ -888,13 +887,14 @@ def _leave_start_directory(saved: int | None) -> None:
         os.close(saved)
 
 
-def _inherited_readiness_pipes() -> tuple[list[str], list[IO[bytes]], dict[str, str]] | None:
-    """Return the open readiness and parent pipes this process inherited from upgrade(), if no Upgrader took them.
+def _inherited_readiness_pipes() -> tuple[list[str], list[IO[bytes]]] | None:
+    """Return the names and objects of the readiness and parent pipes from upgrade(), while ready() is still due.
 
-    A new generation that calls reexec() before it creates its Upgrader
-    passes them on, so that its new image is still the generation that the
-    old one waits for. FDPASS_PARENT_PID and FDPASS_READY_DEADLINE_NS are
-    still in os.environ then, and travel with it.
+    ready() and stop() close the readiness pipe. While it is open, a new
+    generation that calls reexec() passes both pipes on, so that its new
+    image is still the generation that the old one waits for. An Upgrader
+    takes FDPASS_PARENT_PID and FDPASS_READY_DEADLINE_NS out of os.environ,
+    and fdpass.upgrade._readiness_variables() gives them back.
     """
     inherited = inherit()
     names: list[str] = []
@@ -908,7 +908,7 @@ def _inherited_readiness_pipes() -> tuple[list[str], list[IO[bytes]], dict[str, 
         pipes.append(pipe)
     if "fdpass-ready" not in names:
         return None
-    return names, pipes, {}
+    return names, pipes
 
 
 def _with_readiness_pipes(resolved: _Resolved, pipe_names: list[str], pipes: list[IO[bytes]]) -> _Resolved:

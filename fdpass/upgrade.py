@@ -1508,31 +1508,18 @@ def _readable(fd: int) -> bool:
         return True
 
 
-def _unannounced_readiness() -> tuple[list[str], list[IO[bytes]], dict[str, str]] | None:
-    """Return the pipes and variables that reexec() passes so that the new image stays this generation, or None.
+def _readiness_variables() -> dict[str, str]:
+    """Return the upgrade variables that an Upgrader took out of os.environ, for a reexec() before ready().
 
-    Only while the active Upgrader has a parent and has not called ready():
-    the new image's Upgrader then finds them as after upgrade(), and its
-    ready() reaches the previous generation.
+    With them and the inherited pipes, the new image's Upgrader is still
+    the generation that the previous one waits for.
     """
-    upgrader = _active
-    if upgrader is None or upgrader._owner_pid != os.getpid():
-        return None
-    with upgrader._lock:
-        ready_pipe, parent_pipe = upgrader._ready_pipe, upgrader._parent_pipe
-        if upgrader._state != _STARTING or ready_pipe is None or ready_pipe.closed:
-            return None
-
-    names, pipes = [READY_FD_NAME], [ready_pipe]
-    if parent_pipe is not None and not parent_pipe.closed:
-        names.append(PARENT_FD_NAME)
-        pipes.append(parent_pipe)
     variables = {}
-    if upgrader._parent_pid is not None:
-        variables[PARENT_PID_VARIABLE] = str(upgrader._parent_pid)
+    if _inherited_parent_pid is not None:
+        variables[PARENT_PID_VARIABLE] = str(_inherited_parent_pid)
     if _ready_deadline_ns is not None:
         variables[READY_DEADLINE_VARIABLE] = str(_ready_deadline_ns)
-    return names, pipes, variables
+    return variables
 
 
 def _stop_standby_before_exec() -> bool:
