@@ -109,17 +109,18 @@ def current() -> StartCommand:
         new_argv[target] = _absolute_script(argv[0])
     elif orig_argv[target - 1] == "-m" or orig_argv[target].startswith("-m"):
         start_dir = _module_start_dir()
-        if start_dir is not None and start_dir != _getcwd_or_none():
+        if start_dir is not None and start_dir != getcwd_or_none():
             return StartCommand(executable, new_argv, cwd=start_dir)
 
     return StartCommand(executable, new_argv)
 
 
-def _getcwd_or_none() -> str | None:
+def getcwd_or_none() -> str | None:
+    """Return os.getcwd(), or None if the working directory was removed."""
     try:
         return os.getcwd()
     except OSError:
-        return None  # the working directory was removed
+        return None
 
 
 # CPython's short options that take a value, as in its getopt string

@@ -105,13 +105,6 @@ def _process_attributes() -> dict[str, object]:
     }
 
 
-def _working_directory() -> str | None:
-    try:
-        return os.getcwd()
-    except OSError:
-        return None  # removed
-
-
 def _startup_variables(environ: Mapping[str, str]) -> dict[str, str]:
     return {
         name: value
@@ -151,7 +144,7 @@ class Standby:
         self.explicit = explicit
         # The new generation runs in start_cwd if that is set (see fdpass.command).
         self.path_entry = standby_module.main_path_entry(parsed.kind, parsed.target, start_cwd)
-        self.cwd = _working_directory()
+        self.cwd = command.getcwd_or_none()
         # From the standby's report: (path, st_mtime_ns, st_size) of each
         # loaded module file, the sys.path directories and their .pth files,
         # and (name, error) of each failed import.
@@ -271,7 +264,7 @@ class Standby:
         if (parsed.interpreter, parsed.options) != (self.interpreter, self.options):
             return f"the interpreter options changed to {[parsed.interpreter, *parsed.options]!r}"
         path_entry = standby_module.main_path_entry(parsed.kind, parsed.target, start.cwd)
-        cwd = _working_directory()
+        cwd = command.getcwd_or_none()
         if path_entry != self.path_entry or (path_entry == "" and cwd != self.cwd):
             return (
                 f"a cold start would put {path_entry!r} first on sys.path (working directory {cwd!r}), "
