@@ -267,8 +267,9 @@ def bind_all(specs: list[cliaddress.ListenSpec], backlog: int | None) -> list[tu
         first_spec[id(sock)] = spec
         # An unnamed value that reused an inherited socket keeps the name
         # that socket was passed under, as listen() registered it.
-        registered = {id(listener): listener_name for listener_name, listener in restart.listeners()}
-        name = spec.name if spec.named else registered.get(id(sock), spec.name)
+        name = spec.name
+        if not spec.named:
+            name = next((registered for registered, listener in restart.listeners() if listener is sock), name)
         bound.append((name, sock))
         # With port 0 this line is the only place the chosen port shows.
         fd = protocol.FIRST_FD + len(bound) - 1
