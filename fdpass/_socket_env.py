@@ -30,8 +30,9 @@ the kernel.
 
 NOTE: inherit() checks each fd's family (the socket constructor reads it
 anyway) but takes the type, protocol and blocking mode as written, so an
-O_NONBLOCK changed behind the socket object's back is not seen. For a
-socket with a timeout, settimeout() then sets O_NONBLOCK again.
+O_NONBLOCK set behind a blocking socket object's back is not seen. For a
+socket with a timeout it checks O_NONBLOCK, and on a blocking fd it asks
+the kernel instead.
 """
 
 from __future__ import annotations
