@@ -544,6 +544,8 @@ def _resolve_fds(fds: Sequence[FdLike] | Mapping[str, FdLike], *, check_repeats:
     that to fdpass_exec(), which rejects a repeated fd before it changes
     anything.
     """
+    if isinstance(fds, Inherited):
+        return _resolve_inherited(fds)
     if _is_mapping(fds):
         label = _item_labels(fds)
         names = list(fds.keys())
@@ -565,6 +567,28 @@ def _resolve_fds(fds: Sequence[FdLike] | Mapping[str, FdLike], *, check_repeats:
         _check_unique(numbers, label)
 
     return _Resolved(items, item_types, numbers, names, label)
+
+
+def _resolve_inherited(inherited: Inherited) -> _Resolved:
+    """Return every fd of inherited, several under one name included, except fdpass's own.
+
+    Mapping access would give one fd per name. fdpass's own fds (the state
+    memfd and an upgrade's pipes) are left out: reexec() passes the pipes
+    itself while they are due, and state=... makes a new memfd.
+    """
+    pairs = [
+        (name, item)
+        for name, item in zip(inherited._names, inherited.objects, strict=True)
+        if not name.startswith(RESERVED_NAME_PREFIX)
+    ]
+    names = [name for name, _ in pairs]
+    items: list[object] = [item for _, item in pairs]
+
+    def label(index: int) -> str:
+        return f"inherited fd {names[index]!r} ({items[index]!r})"
+
+    item_types = set(map(type, items))
+    return _Resolved(items, item_types, _fd_numbers(items, item_types, label), names, label)
 
 
 def flush_output() -> None:
@@ -710,6 +734,8 @@ def reexec(
         fds: a sequence of fds, each named "unknown", or a mapping from name
             to fd. An fd is an int, a socket, a file object or anything with
             fileno(). Empty means every open socket that listen() returned.
+            The Inherited from inherit() passes every fd it holds, several
+            under one name included, except fdpass's own "fdpass-" fds.
         argv: the new argv; None re-runs this program with its original
             interpreter options and arguments (see fdpass.command).
         executable: the file to execute; None means sys.executable when argv
@@ -729,7 +755,9 @@ def reexec(
             and the script, directory or zip file that started the program
             is gone.
     """
-    if _is_empty_collection(fds):
+    resolved = None if _is_empty_collection(fds) else _resolve_fds(fds, check_repeats=False)
+    # An Inherited with nothing but fdpass's own fds counts as empty, as one with no fds at all does.
+    if resolved is None or (isinstance(fds, Inherited) and not resolved.items):
         defaults = listeners()
 
         def label(index: int) -> str:
@@ -739,8 +767,6 @@ def reexec(
         resolved = _Resolved(
             items, set(map(type, items)), [sock.fileno() for _, sock in defaults], [name for name, _ in defaults], label
         )
-    else:
-        resolved = _resolve_fds(fds, check_repeats=False)
     check_not_reserved(resolved.names)
     upgrade_module = sys.modules.get("fdpass.upgrade")
     readiness = _inherited_readiness_pipes()

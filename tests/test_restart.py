@@ -190,3 +190,32 @@ def test_reexec_unblocks_signal_blocked_in_one_thread(children):
     assert status == 0, stderr
     assert signal.SIGHUP in report["blocked"]
     assert signal.SIGTERM not in report["blocked"]
+
+
+INHERITED_TWICE_PROGRAM = r"""
+import json, os, socket, fdpass
+inherited = fdpass.inherit()
+if "FDPASS_TEST_ROUND" not in os.environ:
+    first = socket.create_server(("127.0.0.1", 0))
+    second = socket.create_server(("127.0.0.1", 0))
+    os.environ["FDPASS_TEST_ROUND"] = "1"
+    print(json.dumps([first.getsockname()[1], second.getsockname()[1]]), flush=True)
+    fdpass.reexec([first, second])
+if os.environ["FDPASS_TEST_ROUND"] == "1":
+    os.environ["FDPASS_TEST_ROUND"] = "2"
+    fdpass.reexec(inherited)
+print(json.dumps([[name, sock.getsockname()[1]] for name, sock in zip(
+    [d.name for d in inherited.descriptions], inherited.objects)]), flush=True)
+"""
+
+
+def test_reexec_inherited_passes_shared_names(children):
+    """reexec(fdpass.inherit()) passes both fds named "unknown", not only the first one under that name."""
+    child = children.python("-c", INHERITED_TWICE_PROGRAM)
+
+    ports = child.read_json()
+    arrived = child.read_json()
+    status, _, stderr = child.finish()
+
+    assert status == 0, stderr
+    assert arrived == [["unknown", ports[0]], ["unknown", ports[1]]]

@@ -398,11 +398,15 @@ upgrader.ready()
 print(json.dumps({"pid": os.getpid(), "new_pid": upgrader.upgrade(), "port": port}), flush=True)
 """
 
+# inherit() contains fdpass's own pipes too, under reserved names, so passing it
+# whole must leave them to reexec(), not raise ValueError for their names.
+REEXEC_INHERITED_PROGRAM = REEXEC_BEFORE_READY_PROGRAM.replace("fdpass.reexec()", "fdpass.reexec(fdpass.inherit())")
+
 
 @pytest.mark.parametrize(
     "program",
-    [REEXEC_BEFORE_READY_PROGRAM, REEXEC_BEFORE_UPGRADER_PROGRAM],
-    ids=["after Upgrader()", "before Upgrader()"],
+    [REEXEC_BEFORE_READY_PROGRAM, REEXEC_BEFORE_UPGRADER_PROGRAM, REEXEC_INHERITED_PROGRAM],
+    ids=["after Upgrader()", "before Upgrader()", "reexec(inherit())"],
 )
 def test_reexec_before_ready_stays_new_generation(reaper, children, program):
     """A new generation that restarts in place before ready() is still the one the old generation waits for."""
