@@ -14,8 +14,9 @@ bootstrap from bootstrap_code() imports this module and calls main(), which:
 3. blocks until the parent sends the hand-over: the fds, their names, the
    environment, the working directory and the command line;
 4. puts the fds on 3, 4, ..., closes every other fd above 2, takes the
-   environment, directory and command line, and runs the program as a fresh
-   start of that command line would.
+   environment, arms the ready() deadline that it names, takes the directory
+   and command line, and runs the program as a fresh start of that command
+   line would.
 
 EOF, ECONNRESET or EPIPE on the control socket at steps 1 to 3 means the
 parent is gone, and the standby exits with status 0. A parent killed before
@@ -388,6 +389,12 @@ def main() -> None:
 
     _place_fds(fds)
     _set_environment(payload["env"])
+    # The program may hang before it creates its Upgrader, which would arm
+    # the ready() deadline, so it is armed here. The parent's preload
+    # usually has fdpass.upgrade imported already.
+    from fdpass import upgrade
+
+    upgrade._arm_ready_deadline()
     os.chdir(payload["cwd"])
     signal.signal(signal.SIGINT, sigint_handler)
     _run_program(payload["argv"], base_path)

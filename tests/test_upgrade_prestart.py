@@ -590,12 +590,13 @@ def test_upgrade_during_blocked_loop_starts_standby(start_run, tmp_path, api):
     run.finish()
 
 
-def test_hung_standby_generation_ends_after_parent_dies(start_run):
+@pytest.mark.parametrize("hang", [True, "before-upgrader"], ids=["before ready()", "before Upgrader()"])
+def test_hung_standby_generation_ends_after_parent_dies(start_run, hang):
     """A standby that became the new generation and hangs before ready() ends at its deadline after its parent died."""
     run = start_run("--upgrade-timeout", "2")
     old = run.current
     standby = run.wait_event(old, "standby")["standby_pid"]
-    run.set_control(hang=True)
+    run.set_control(hang=hang)
 
     os.kill(old, signal.SIGHUP)
     run.wait_event(standby, "hanging")

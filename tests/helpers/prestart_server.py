@@ -21,7 +21,8 @@ a generation starts:
 - "setenv": variables the old generation sets in os.environ before upgrade();
 - "chdir": a directory it changes into before upgrade();
 - "crash": true makes a generation with a parent exit with status 3 before ready().
-- "hang": true makes a generation with a parent sleep 600 s before ready().
+- "hang": true makes a generation with a parent sleep 600 s before ready(),
+  and "before-upgrader" before it creates its Upgrader.
 - "linger": seconds a generation waits before it exits, once it stopped serving.
 - "stop_during_upgrade": seconds after the upgrade starts at which another
   thread calls stop().
@@ -272,6 +273,11 @@ def main() -> int:
 
         prestart_module.start = slow_start
 
+    # FDPASS_PARENT_PID is set in a generation with a parent, which the test needs before any Upgrader exists.
+    if "FDPASS_PARENT_PID" in os.environ and read_control(args.control).get("hang") == "before-upgrader":
+        emit("hanging")
+        time.sleep(600)
+        return 4
     upgrader = fdpass.Upgrader(upgrade_timeout=args.upgrade_timeout, prestart=json.loads(args.prestart))
     if upgrader.has_parent and read_control(args.control).get("crash"):
         emit("crashing")
