@@ -9,6 +9,7 @@ into socket and file objects.
 from __future__ import annotations
 
 import _thread
+import atexit
 import errno as errno_module
 import fcntl
 import os
@@ -146,7 +147,26 @@ def inherit() -> Inherited:
             os.environ.pop(_socket_env.VARIABLE, None)
 
         _inherited = result
+        if any(name.startswith(RESERVED_NAME_PREFIX) for name in set(listen_env.names)):
+            atexit.register(_close_own_fds, result)
         return result
+
+
+def _close_own_fds(inherited: Inherited) -> None:
+    """Close the state memfd and upgrade pipes that the program left open, as an atexit hook.
+
+    Otherwise the interpreter's final garbage collection closes them with a
+    ResourceWarning for each, which -X dev shows, for files the program
+    never opened. A socket under a reserved name came from a service
+    manager and belongs to the program.
+    """
+    for name, item in zip(inherited._names, inherited.objects, strict=True):
+        if not name.startswith(RESERVED_NAME_PREFIX) or isinstance(item, (int, socket.socket)):
+            continue
+        try:
+            item.close()
+        except OSError as error:
+            _log.debug("could not close the inherited fd %r at exit: %s", name, error)
 
 
 _inherited_state: bytes | None = None
