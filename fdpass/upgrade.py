@@ -99,6 +99,9 @@ _active: Upgrader | None = None
 # readiness pipe, or None while the pipe is unused. It outlives that
 # Upgrader, so a later one in the same process can tell what happened.
 _ready_pipe_closed_in: str | None = None
+# True once an Upgrader logged the previous generation's exit, which a
+# second Upgrader in this process, or a stopped one's thread, then skips.
+_parent_exit_logged = False
 # The value of PARENT_PID_VARIABLE, which the first Upgrader removes from the environment.
 _inherited_parent_pid: int | None = None
 # (timer id, PID of the process that armed it) of the timer that kills this
@@ -1334,10 +1337,17 @@ class Upgrader:
         return self._parent_gone
 
     def _mark_parent_gone(self) -> None:
+        global _parent_exit_logged
+
         with self._lock:
-            if not self._parent_gone:
-                self._parent_gone = True
-                _log.info("previous generation PID %s has exited", self._parent_pid)
+            if self._parent_gone:
+                return
+            self._parent_gone = True
+        with _active_lock:
+            first, _parent_exit_logged = not _parent_exit_logged, True
+
+        if first:
+            _log.info("previous generation PID %s has exited", self._parent_pid)
 
 
 def _spawn_failure(

@@ -403,3 +403,20 @@ def test_disarm_only_matching_start_alarm(armed_seconds, stays_armed):
         signal.signal(signal.SIGALRM, previous)
 
     assert (remaining > 0) is stays_armed
+
+
+def test_parent_exit_logged_once(caplog, monkeypatch):
+    """Two Upgraders in one generation that both see the parent's exit log it once."""
+    monkeypatch.setattr(upgrade, "_parent_exit_logged", False)
+
+    # Only one Upgrader may be active at a time, so the first is stopped before the second exists.
+    with caplog.at_level("INFO", logger="fdpass"):
+        for _ in range(2):
+            upgrader = fdpass.Upgrader()
+            upgrader._parent_gone = False
+            upgrader._parent_pid = 4242
+            upgrader._mark_parent_gone()
+            upgrader.stop()
+
+    exits = [record.getMessage() for record in caplog.records if "has exited" in record.getMessage()]
+    assert exits == ["previous generation PID 4242 has exited"]
