@@ -21,7 +21,6 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
-#include <sys/time.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -864,7 +863,6 @@ struct spawn_plan {
     char *const *argv;
     char *const *envp;
     const char *cwd;          /* the directory the child changes into, or NULL */
-    long long alarm_deadline_ns; /* CLOCK_MONOTONIC time for the child's ITIMER_REAL, or 0 */
     char *listen_pid_entry;   /* the envp slot the child fills in, or NULL */
     const int *fds;
     int *dups;                /* scratch: F_DUPFD_CLOEXEC copies of fds, above every target */
@@ -1050,30 +1048,6 @@ static void child_format_listen_pid(char *out, long pid)
     *out = '\0';
 }
 
-/*
- * Arm ITIMER_REAL to expire at the CLOCK_MONOTONIC time deadline_ns. execve
- * keeps an interval timer, and SIGALRM is at SIG_DFL by now, so the new
- * program is terminated then unless it disarms or replaces the timer.
- */
-static int child_arm_alarm(long long deadline_ns)
-{
-    struct timespec now;
-    struct itimerval when;
-    long long remaining_ns;
-
-    if (clock_gettime(CLOCK_MONOTONIC, &now) < 0)
-        return -1;
-    remaining_ns = deadline_ns - ((long long)now.tv_sec * 1000000000LL + now.tv_nsec);
-
-    /* An all-zero it_value would disarm the timer, so a past deadline expires at once. */
-    if (remaining_ns < 1000)
-        remaining_ns = 1000;
-    memset(&when, 0, sizeof(when));
-    when.it_value.tv_sec = (time_t)(remaining_ns / 1000000000LL);
-    when.it_value.tv_usec = (suseconds_t)(remaining_ns % 1000000000LL / 1000);
-    return setitimer(ITIMER_REAL, &when, NULL);
-}
-
 static int spawn_child(void *arg)
 {
     struct spawn_plan *plan = arg;
@@ -1099,8 +1073,6 @@ static int spawn_child(void *arg)
             goto fail;
         }
     }
-    if (plan->alarm_deadline_ns > 0 && child_arm_alarm(plan->alarm_deadline_ns) < 0)
-        goto fail;
 
     /* The handlers are SIG_DFL by now, so a signal that arrives from here on
      * cannot run parent code on the shared memory. */
@@ -1160,10 +1132,7 @@ static char **spawn_environment(char *const envp[], char **listen_pid_entry)
  * - with cwd not NULL, the child changes into that directory;
  * - with FDPASS_SPAWN_PARENT_DEATHSIG, the child gets SIGKILL when the
  *   calling thread exits (PR_SET_PDEATHSIG), and fails with ESRCH if the
- *   caller is already gone;
- * - with alarm_deadline_ns above 0, ITIMER_REAL is armed to expire at that
- *   CLOCK_MONOTONIC time, so SIGALRM ends the new program then unless it
- *   disarms the timer, or SIGALRM was ignored in the caller.
+ *   caller is already gone.
  *
  * The child is created with clone(CLONE_VM | CLONE_VFORK) on its own stack,
  * as glibc's posix_spawn does: it runs no atfork handlers (so CPython issues
@@ -1180,13 +1149,12 @@ static char **spawn_environment(char *const envp[], char **listen_pid_entry)
  * Not async-signal-safe in the caller (it allocates), but safe to call from
  * any thread of a multithreaded program: the child calls only
  * async-signal-safe functions, plus syscall(2) for getdents64, close_range
- * and getpid, and setitimer(2), a plain system call on Linux.
+ * and getpid.
  * NOTE: a thread that reaps any child (waitpid(-1)) can reap a child whose
  * execve failed before this function does; errno is still the child's.
  */
 int fdpass_spawn(const char *path, char *const argv[], char *const envp[],
-                 const int *fds, int nfds, int flags, const char *cwd,
-                 long long alarm_deadline_ns, int *bad_index)
+                 const int *fds, int nfds, int flags, const char *cwd, int *bad_index)
 {
     struct spawn_plan plan;
     char **child_envp = NULL;
@@ -1197,7 +1165,7 @@ int fdpass_spawn(const char *path, char *const argv[], char *const envp[],
 
     *bad_index = -1;
     if (path == NULL || argv == NULL || envp == NULL || nfds < 0 ||
-        (nfds > 0 && fds == NULL) || nfds > INT_MAX - FIRST_PASSED_FD || alarm_deadline_ns < 0 ||
+        (nfds > 0 && fds == NULL) || nfds > INT_MAX - FIRST_PASSED_FD ||
         (flags & ~(FDPASS_SPAWN_LISTEN_PID | FDPASS_SPAWN_NEW_PROCESS_GROUP |
                    FDPASS_SPAWN_PARENT_DEATHSIG)) != 0) {
         errno = EINVAL;
@@ -1211,7 +1179,6 @@ int fdpass_spawn(const char *path, char *const argv[], char *const envp[],
     plan.argv = argv;
     plan.envp = envp;
     plan.cwd = cwd;
-    plan.alarm_deadline_ns = alarm_deadline_ns;
     plan.fds = fds;
     plan.nfds = nfds;
     plan.first_unpassed = FIRST_PASSED_FD + nfds;

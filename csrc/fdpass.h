@@ -40,8 +40,7 @@ enum {
 };
 
 int fdpass_spawn(const char *path, char *const argv[], char *const envp[],
-                 const int *fds, int nfds, int flags, const char *cwd,
-                 long long alarm_deadline_ns, int *bad_index);
+                 const int *fds, int nfds, int flags, const char *cwd, int *bad_index);
 
 int fdpass_set_child_subreaper(int on);
 

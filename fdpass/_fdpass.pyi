@@ -19,16 +19,7 @@ class _Lib:
     def fdpass_set_cloexec(self, fds: Any, nfds: int, cloexec: int) -> int: ...
     def fdpass_set_cloexec_range(self, first_fd: int, nfds: int) -> int: ...
     def fdpass_spawn(
-        self,
-        path: Any,
-        argv: Any,
-        envp: Any,
-        fds: Any,
-        nfds: int,
-        flags: int,
-        cwd: Any,
-        alarm_deadline_ns: int,
-        bad_index: Any,
+        self, path: Any, argv: Any, envp: Any, fds: Any, nfds: int, flags: int, cwd: Any, bad_index: Any
     ) -> int: ...
     def fdpass_set_child_subreaper(self, on: int) -> int: ...
     def fdpass_kill_timer_arm(self, deadline_ns: int, timer_out: Any) -> int: ...

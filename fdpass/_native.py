@@ -108,7 +108,6 @@ def spawn_with_fds(
     new_process_group: bool = False,
     parent_death_signal: bool = False,
     cwd: bytes | None = None,
-    alarm_deadline_ns: int = 0,
 ) -> int:
     """Start path as a child with fds on 3, 4, ... through fdpass_spawn(); return its PID.
 
@@ -116,9 +115,7 @@ def spawn_with_fds(
     in place of any LISTEN_PID entry of envp. With new_process_group, the
     child leads a new process group. With parent_death_signal, the child gets
     SIGKILL when the calling thread exits. With cwd, the child changes into
-    that directory before execve. With alarm_deadline_ns above 0, the
-    child's ITIMER_REAL expires at that time.monotonic_ns(), and execve
-    keeps it, so SIGALRM ends the program then unless it disarms the timer.
+    that directory before execve.
 
     Raises:
         SpawnFdError: fds[index] is closed or repeated; no child was started.
@@ -139,7 +136,7 @@ def spawn_with_fds(
         flags |= lib.FDPASS_SPAWN_PARENT_DEATHSIG
 
     c_cwd = ffi.NULL if cwd is None else ffi.new("char[]", cwd)
-    pid = lib.fdpass_spawn(c_path, c_argv, c_envp, c_fds, len(fds), flags, c_cwd, alarm_deadline_ns, bad_index)
+    pid = lib.fdpass_spawn(c_path, c_argv, c_envp, c_fds, len(fds), flags, c_cwd, bad_index)
     errno = ffi.errno
 
     del argv_buffers, envp_buffers

@@ -68,11 +68,6 @@ _POLL_MAX_MS = 2**31 - 1
 # parent has died.
 _READY_DEADLINE_GRACE = 1.0
 
-# An ITIMER_REAL whose time left is this close to the deadline's is the one
-# that upgrade() armed for a cold start. Both count on CLOCK_MONOTONIC, so
-# they differ only by the time between the two reads.
-_START_ALARM_TOLERANCE = 0.25
-
 # Seconds that upgrade() waits, after EOF on the readiness pipe, for the new
 # generation to exit by itself before it sends SIGKILL. An exiting Python
 # closes its files before it exits, so without this wait a crash before
@@ -278,9 +273,6 @@ def _arm_ready_deadline() -> None:
         _log.warning("ignoring %s=%r, which is not a time.monotonic_ns() value", READY_DEADLINE_VARIABLE, text)
         return
 
-    # Disarmed even if the timer below fails, because ready() does not
-    # disarm it, and SIGALRM would then end a generation that is ready.
-    _disarm_start_alarm(int(text))
     try:
         timer = _native.arm_kill_timer(int(text))
     except OSError as error:
@@ -294,14 +286,6 @@ def _arm_ready_deadline() -> None:
     _ready_deadline_ns = int(text)
     seconds = (int(text) - time.monotonic_ns()) / 1e9
     _log.debug("generation PID %d kills itself unless ready() is called within %.1f s", os.getpid(), seconds)
-
-
-def _disarm_start_alarm(deadline_ns: int) -> None:
-    """Disarm the ITIMER_REAL that a cold start got for deadline_ns, unless the program replaced it."""
-    remaining, interval = signal.getitimer(signal.ITIMER_REAL)
-    expected = (deadline_ns - time.monotonic_ns()) / 1e9
-    if remaining > 0 and interval == 0 and abs(remaining - expected) < _START_ALARM_TOLERANCE:
-        signal.setitimer(signal.ITIMER_REAL, 0)
 
 
 def _cancel_ready_deadline() -> None:
@@ -427,8 +411,10 @@ class Upgrader:
         self._parent_pipe = _inherited_pipe(inherited, PARENT_FD_NAME)
         self._parent_pid = _parent_pid() if self._parent_pipe is not None else None
         self._parent_gone = self._parent_pipe is None
-        # A cold start's ITIMER_REAL (see fdpass_spawn()) or the standby's own
-        # timer covers the start-up until here.
+        # NOTE: a cold-started generation that hangs before it creates its
+        # Upgrader, in an import say, is not covered by this deadline (a
+        # standby arms it at the hand-over). A timer armed before execve
+        # would kill a new generation whose fdpass does not disarm it.
         if self._ready_pipe is not None:
             _arm_ready_deadline()
         else:
@@ -979,11 +965,7 @@ class Upgrader:
         if deadline is not None:
             envp = [*envp, f"{READY_DEADLINE_VARIABLE}={deadline}".encode()]
         cwd = None if start.cwd is None else os.fsencode(start.cwd)
-
-        # The alarm covers the start-up until the new generation creates its
-        # Upgrader, which replaces it with the SIGKILL timer.
-        alarm_ns = 0 if deadline is None else int(deadline)
-        return _native.spawn_with_fds(path, argv, envp, passed, cwd=cwd, alarm_deadline_ns=alarm_ns), started
+        return _native.spawn_with_fds(path, argv, envp, passed, cwd=cwd), started
 
     def _hand_over(
         self, standby: Standby, start: command.StartCommand, environ: dict[str, str], passed: list[int]

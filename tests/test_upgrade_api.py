@@ -6,11 +6,9 @@ import asyncio
 import fcntl
 import os
 import shutil
-import signal
 import socket
 import tempfile
 import threading
-import time
 import warnings
 
 import pytest
@@ -385,24 +383,6 @@ def test_pid_file_permission_error_hint(children):
     assert filename == path
     assert "may create files in its directory" in message
     assert "directory exists" not in message
-
-
-@pytest.mark.parametrize(
-    ("armed_seconds", "stays_armed"),
-    [pytest.param(5.0, False, id="the start alarm"), pytest.param(100.0, True, id="the program's own alarm")],
-)
-def test_disarm_only_matching_start_alarm(armed_seconds, stays_armed):
-    """Only an ITIMER_REAL that expires at the ready() deadline is the cold start's, and only that one is disarmed."""
-    previous = signal.signal(signal.SIGALRM, lambda *_: None)
-    try:
-        signal.setitimer(signal.ITIMER_REAL, armed_seconds)
-        upgrade._disarm_start_alarm(time.monotonic_ns() + 5_000_000_000)
-        remaining, _ = signal.getitimer(signal.ITIMER_REAL)
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
-    assert (remaining > 0) is stays_armed
 
 
 def test_parent_exit_logged_once(caplog, monkeypatch):

@@ -641,7 +641,7 @@ static void case_spawn(void)
     format_spec(&layout, &before, 0, spec, sizeof(spec));
     make_check_argv(argv, spec, &layout);
 
-    pid = fdpass_spawn(self_path, argv, envp, layout.fds, layout.nfds, 0, NULL, 0, &bad_index);
+    pid = fdpass_spawn(self_path, argv, envp, layout.fds, layout.nfds, 0, NULL, &bad_index);
     if (pid < 0) {
         diag("fdpass_spawn failed: %s (bad_index %d)\n", strerror(errno), bad_index);
         finish_case(2);

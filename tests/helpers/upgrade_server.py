@@ -9,9 +9,9 @@ answered.
 The control file (JSON) is read by each generation when it starts and again
 when it exits, so the test can steer the next generation:
 
-- "startup": "ok", "crash" (exit 3 before ready), "hang" (never ready),
-  "hang-before-upgrader" (never creates its Upgrader), or "slow" (sleep
-  "slow_seconds" before ready); applies to generations that have a parent.
+- "startup": "ok", "crash" (exit 3 before ready), "hang" (never ready), or
+  "slow" (sleep "slow_seconds" before ready); applies to generations that
+  have a parent.
 - "nonblocking": true puts the listener in non-blocking mode (the default).
 - "listener_timeout": seconds or null for listener.settimeout(), in place of
   "nonblocking". "ready" reports the timeout the listener arrived with.
@@ -138,11 +138,6 @@ def main() -> int:
     )
 
     control = read_control(args.control)
-    # FDPASS_PARENT_PID is set in a generation with a parent, which this mode needs before any Upgrader exists.
-    if "FDPASS_PARENT_PID" in os.environ and control.get("startup") == "hang-before-upgrader":
-        emit("hanging")
-        time.sleep(600)
-        return 4
     upgrader = fdpass.Upgrader(upgrade_timeout=args.timeout, pid_file=args.pid_file)
     startup = control.get("startup", "ok") if upgrader.has_parent else "ok"
     if startup == "crash":
