@@ -147,7 +147,7 @@ def inherit() -> Inherited:
             os.environ.pop(_socket_env.VARIABLE, None)
 
         _inherited = result
-        if any(name.startswith(RESERVED_NAME_PREFIX) for name in set(listen_env.names)):
+        if not _OWN_FD_NAMES.isdisjoint(listen_env.names):
             atexit.register(_close_own_fds, result)
         return result
 
@@ -161,7 +161,7 @@ def _close_own_fds(inherited: Inherited) -> None:
     manager and belongs to the program.
     """
     for name, item in zip(inherited._names, inherited.objects, strict=True):
-        if not name.startswith(RESERVED_NAME_PREFIX) or isinstance(item, (int, socket.socket)):
+        if name not in _OWN_FD_NAMES or isinstance(item, (int, socket.socket)):
             continue
         try:
             item.close()
@@ -452,6 +452,11 @@ _INT_MAX = 2**31 - 1
 RESERVED_NAME_PREFIX = "fdpass-"
 
 
+# The names of the fds that fdpass itself passes: the state memfd and an
+# upgrade's readiness and parent pipes (fdpass.state and fdpass.upgrade).
+_OWN_FD_NAMES = frozenset({"fdpass-state", "fdpass-ready", "fdpass-parent"})
+
+
 def check_not_reserved(names: Sequence[str]) -> None:
     """Raise ValueError if a name starts with RESERVED_NAME_PREFIX."""
     # Thousands of fds usually share one name, which list.count() finds in C.
@@ -594,15 +599,20 @@ def _resolve_inherited(inherited: Inherited) -> _Resolved:
 
     Mapping access would give one fd per name. fdpass's own fds (the state
     memfd and an upgrade's pipes) are left out: reexec() passes the pipes
-    itself while they are due, and state=... makes a new memfd.
+    itself while they are due, and state=... makes a new memfd. Any other fd
+    under a reserved name came from a service manager's
+    FileDescriptorName=, and goes on as "unknown", as `fdpass run` passes it.
     """
-    pairs = [
-        (name, item)
-        for name, item in zip(inherited._names, inherited.objects, strict=True)
-        if not name.startswith(RESERVED_NAME_PREFIX)
-    ]
-    names = [name for name, _ in pairs]
-    items: list[object] = [item for _, item in pairs]
+    names: list[str] = []
+    items: list[object] = []
+    for name, item in zip(inherited._names, inherited.objects, strict=True):
+        if not name.startswith(RESERVED_NAME_PREFIX):
+            names.append(name)
+        elif name in _OWN_FD_NAMES and not isinstance(item, socket.socket):
+            continue
+        else:
+            names.append(protocol.DEFAULT_NAME)
+        items.append(item)
 
     def label(index: int) -> str:
         return f"inherited fd {names[index]!r} ({items[index]!r})"
@@ -755,7 +765,9 @@ def reexec(
             to fd. An fd is an int, a socket, a file object or anything with
             fileno(). Empty means every open socket that listen() returned.
             The Inherited from inherit() passes every fd it holds, several
-            under one name included, except fdpass's own "fdpass-" fds.
+            under one name included, except fdpass's own state memfd and
+            upgrade pipes. An fd that a service manager named "fdpass-..."
+            goes on as "unknown".
         argv: the new argv; None re-runs this program with its original
             interpreter options and arguments (see fdpass.command).
         executable: the file to execute; None means sys.executable when argv

@@ -219,3 +219,41 @@ def test_reexec_inherited_passes_shared_names(children):
 
     assert status == 0, stderr
     assert arrived == [["unknown", ports[0]], ["unknown", ports[1]]]
+
+
+# Round 0 plays a service manager: it passes two sockets to its own exec,
+# one under a name with fdpass's reserved prefix.
+SERVICE_MANAGER_NAME_PROGRAM = r"""
+import json, os, socket, sys, fdpass
+stage = os.environ.get("FDPASS_TEST_ROUND", "0")
+if stage == "0":
+    first = socket.create_server(("127.0.0.1", 0))
+    second = socket.create_server(("127.0.0.1", 0))
+    print(json.dumps([first.getsockname()[1], second.getsockname()[1]]), flush=True)
+    os.dup2(first.fileno(), 3)
+    os.dup2(second.fileno(), 4)
+    # dup2() onto the same number keeps FD_CLOEXEC, and fd 3 may already be first's.
+    os.set_inheritable(3, True)
+    os.set_inheritable(4, True)
+    os.environ.update(LISTEN_FDS="2", LISTEN_PID=str(os.getpid()), LISTEN_FDNAMES="fdpass-x:web")
+    os.environ["FDPASS_TEST_ROUND"] = "1"
+    os.execv(sys.executable, [sys.executable, "-c", sys.argv[1], sys.argv[1]])
+inherited = fdpass.inherit()
+if stage == "1":
+    os.environ["FDPASS_TEST_ROUND"] = "2"
+    fdpass.reexec(inherited)
+print(json.dumps([[name, sock.getsockname()[1]] for name, sock in zip(
+    [d.name for d in inherited.descriptions], inherited.objects)]), flush=True)
+"""
+
+
+def test_reexec_inherited_keeps_service_manager_name(children):
+    """A socket that a service manager named "fdpass-x" goes on as "unknown" with reexec(inherit()), not dropped."""
+    child = children.python("-c", SERVICE_MANAGER_NAME_PROGRAM, SERVICE_MANAGER_NAME_PROGRAM)
+
+    ports = child.read_json()
+    arrived = child.read_json()
+    status, _, stderr = child.finish()
+
+    assert status == 0, stderr
+    assert arrived == [["unknown", ports[0]], ["web", ports[1]]]
