@@ -26,6 +26,7 @@ from fdpass import state as state_module
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from types import ModuleType
     from typing import IO, NoReturn, Protocol, TypeGuard
 
     from fdpass.addresses import Address, Target
@@ -801,17 +802,17 @@ def reexec(
         )
     check_not_reserved(resolved.names)
     upgrade_module = sys.modules.get("fdpass.upgrade")
-    readiness = _inherited_readiness_pipes()
-    if readiness is not None:
-        resolved = _with_readiness_pipes(resolved, *readiness)
+    upgrade_pipes = _inherited_upgrade_pipes()
+    if upgrade_pipes is not None:
+        resolved = _with_upgrade_pipes(resolved, *upgrade_pipes)
     items, numbers, names = resolved.items, resolved.numbers, resolved.names
     state_bytes = None if state is None else state_module.to_bytes(state)
 
     if env is not None and not isinstance(env, Mapping):
         raise TypeError(f"env must be a mapping from str to str, not {type(env).__name__}: {env!r}")
     updates: dict[str, str] = {}
-    if readiness is not None and upgrade_module is not None:
-        updates.update(upgrade_module._readiness_variables())
+    if upgrade_pipes is not None:
+        updates.update(_upgrade_variables(upgrade_module, ready_due="fdpass-ready" in upgrade_pipes[0]))
     exec_cwd = None
     if argv is None:
         start = command.current()
@@ -945,14 +946,14 @@ def _leave_start_directory(saved: int | None) -> None:
         os.close(saved)
 
 
-def _inherited_readiness_pipes() -> tuple[list[str], list[IO[bytes]]] | None:
-    """Return the names and objects of the readiness and parent pipes from upgrade(), while ready() is still due.
+def _inherited_upgrade_pipes() -> tuple[list[str], list[IO[bytes]]] | None:
+    """Return the names and objects of the readiness and parent pipes from upgrade() that are still open, or None.
 
     ready() and stop() close the readiness pipe. While it is open, a new
     generation that calls reexec() passes both pipes on, so that its new
-    image is still the generation that the old one waits for. An Upgrader
-    takes FDPASS_PARENT_PID and FDPASS_READY_DEADLINE_NS out of os.environ,
-    and fdpass.upgrade._readiness_variables() gives them back.
+    image is still the generation that the old one waits for. After
+    ready(), the parent pipe alone goes on, so the new image still knows
+    that the previous generation runs, and upgrade() waits for its exit.
     """
     inherited = inherit()
     names: list[str] = []
@@ -964,12 +965,35 @@ def _inherited_readiness_pipes() -> tuple[list[str], list[IO[bytes]]] | None:
             continue
         names.append(name)
         pipes.append(pipe)
-    if "fdpass-ready" not in names:
-        return None
-    return names, pipes
+    return (names, pipes) if pipes else None
 
 
-def _with_readiness_pipes(resolved: _Resolved, pipe_names: list[str], pipes: list[IO[bytes]]) -> _Resolved:
+# fdpass.upgrade's PARENT_PID_VARIABLE and READY_DEADLINE_VARIABLE.
+_PARENT_PID_VARIABLE = "FDPASS_PARENT_PID"
+_READY_DEADLINE_VARIABLE = "FDPASS_READY_DEADLINE_NS"
+
+
+def _upgrade_variables(upgrade_module: ModuleType | None, *, ready_due: bool) -> dict[str, str]:
+    """Return FDPASS_PARENT_PID, and FDPASS_READY_DEADLINE_NS while ready() is due, for reexec()'s new image.
+
+    An Upgrader takes them out of os.environ, and
+    fdpass.upgrade._readiness_variables() gives them back. Before any
+    Upgrader, they are still in os.environ, which env= replaces.
+    """
+    from_upgrader: dict[str, str] = {}
+    if upgrade_module is not None:
+        from_upgrader = upgrade_module._readiness_variables()
+
+    names = [_PARENT_PID_VARIABLE, _READY_DEADLINE_VARIABLE] if ready_due else [_PARENT_PID_VARIABLE]
+    variables = {}
+    for name in names:
+        value = from_upgrader.get(name, os.environ.get(name))
+        if value is not None:
+            variables[name] = value
+    return variables
+
+
+def _with_upgrade_pipes(resolved: _Resolved, pipe_names: list[str], pipes: list[IO[bytes]]) -> _Resolved:
     """Return resolved with the Upgrader's readiness and parent pipes appended under their reserved names."""
     count = len(resolved.items)
     base_label = resolved.label

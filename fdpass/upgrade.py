@@ -412,9 +412,9 @@ class Upgrader:
         self._parent_pid = _parent_pid() if self._parent_pipe is not None else None
         self._parent_gone = self._parent_pipe is None
         # NOTE: a cold-started generation that hangs before it creates its
-        # Upgrader, in an import say, is not covered by this deadline (a
-        # standby arms it at the hand-over). A timer armed before execve
-        # would kill a new generation whose fdpass does not disarm it.
+        # Upgrader, for example in an import, is not covered by this
+        # deadline (a standby arms it at the hand-over). A timer armed before
+        # execve would kill a new generation whose fdpass does not disarm it.
         if self._ready_pipe is not None:
             _arm_ready_deadline()
         else:
@@ -1521,10 +1521,11 @@ def _readable(fd: int) -> bool:
 
 
 def _readiness_variables() -> dict[str, str]:
-    """Return the upgrade variables that an Upgrader took out of os.environ, for a reexec() before ready().
+    """Return the upgrade variables that an Upgrader took out of os.environ, for reexec()'s new image.
 
     With them and the inherited pipes, the new image's Upgrader is still
-    the generation that the previous one waits for.
+    the generation that the previous one waits for, or, after ready(),
+    still knows its previous generation.
     """
     variables = {}
     if _inherited_parent_pid is not None:

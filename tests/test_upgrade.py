@@ -398,6 +398,16 @@ upgrader.ready()
 print(json.dumps({"pid": os.getpid(), "new_pid": upgrader.upgrade(), "port": port}), flush=True)
 """
 
+# Like REEXEC_BEFORE_UPGRADER_PROGRAM, but reexec(env=...) replaces the
+# environment, which still contains FDPASS_PARENT_PID and the deadline.
+REEXEC_ENV_BEFORE_UPGRADER_PROGRAM = REEXEC_BEFORE_UPGRADER_PROGRAM.replace(
+    "fdpass.reexec()",
+    "fdpass.reexec(env={k: v for k, v in os.environ.items() if not k.startswith(('FDPASS_P', 'FDPASS_R'))})",
+).replace(
+    '"parent": upgrader.parent_pid,',
+    '"parent": upgrader.parent_pid, "deadline": fdpass.upgrade._ready_deadline_ns is not None,',
+)
+
 # inherit() contains fdpass's own pipes too, under reserved names, so passing it
 # whole must leave them to reexec(), not raise ValueError for their names.
 REEXEC_INHERITED_PROGRAM = REEXEC_BEFORE_READY_PROGRAM.replace("fdpass.reexec()", "fdpass.reexec(fdpass.inherit())")
@@ -405,8 +415,13 @@ REEXEC_INHERITED_PROGRAM = REEXEC_BEFORE_READY_PROGRAM.replace("fdpass.reexec()"
 
 @pytest.mark.parametrize(
     "program",
-    [REEXEC_BEFORE_READY_PROGRAM, REEXEC_BEFORE_UPGRADER_PROGRAM, REEXEC_INHERITED_PROGRAM],
-    ids=["after Upgrader()", "before Upgrader()", "reexec(inherit())"],
+    [
+        REEXEC_BEFORE_READY_PROGRAM,
+        REEXEC_BEFORE_UPGRADER_PROGRAM,
+        REEXEC_INHERITED_PROGRAM,
+        REEXEC_ENV_BEFORE_UPGRADER_PROGRAM,
+    ],
+    ids=["after Upgrader()", "before Upgrader()", "reexec(inherit())", "reexec(env=...) before Upgrader()"],
 )
 def test_reexec_before_ready_stays_new_generation(reaper, children, program):
     """A new generation that restarts in place before ready() is still the one the old generation waits for."""
@@ -420,6 +435,50 @@ def test_reexec_before_ready_stays_new_generation(reaper, children, program):
     assert new["parent"] == old["pid"] == child.pid
     assert old["new_pid"] == new["pid"]
     assert new["port"] == old["port"]
+    assert new.get("deadline", True)
+    assert wait_reaped(new["pid"])
+
+
+REEXEC_AFTER_READY_PROGRAM = r"""
+import json, os, sys, time, fdpass
+upgrader = fdpass.Upgrader(upgrade_timeout=20)
+listener = upgrader.listen(("127.0.0.1", 0), name="http")
+if not upgrader.has_parent:
+    upgrader.ready()
+    print(json.dumps({"pid": os.getpid(), "new_pid": upgrader.upgrade()}), flush=True)
+    upgrader.wait_exit()
+    time.sleep(3)
+    sys.exit(0)
+if os.environ.get("FDPASS_TEST_REEXECED") != "1":
+    upgrader.ready()
+    os.environ["FDPASS_TEST_REEXECED"] = "1"
+    fdpass.reexec()
+upgrader.ready()
+try:
+    upgrader.upgrade()
+except fdpass.UpgradeError as upgrade_error:
+    error = str(upgrade_error)
+else:
+    error = None
+print(json.dumps({"pid": os.getpid(), "has_parent": upgrader.has_parent, "parent": upgrader.parent_pid,
+                  "error": error}), flush=True)
+upgrader.wait_for_parent(timeout=20)
+"""
+
+
+def test_reexec_after_ready_keeps_parent(reaper, children):
+    """After ready() and reexec(), the new image still has its parent, so upgrade() waits for the parent's exit."""
+    child = children.python("-c", REEXEC_AFTER_READY_PROGRAM)
+
+    old = child.read_json()
+    new = child.read_json()
+    status, _, stderr = child.finish()
+
+    assert status == 0, stderr
+    assert new["pid"] == old["new_pid"]
+    assert new["has_parent"] is True
+    assert new["parent"] == old["pid"]
+    assert "still" in new["error"]
     assert wait_reaped(new["pid"])
 
 
