@@ -9,7 +9,6 @@ into socket and file objects.
 from __future__ import annotations
 
 import _thread
-import atexit
 import errno as errno_module
 import fcntl
 import os
@@ -148,26 +147,12 @@ def inherit() -> Inherited:
             os.environ.pop(_socket_env.VARIABLE, None)
 
         _inherited = result
-        if not _OWN_FD_NAMES.isdisjoint(listen_env.names):
-            atexit.register(_close_own_fds, result)
+        # NOTE: fdpass's own state memfd and parent pipe, when the program
+        # never reads or closes them, are closed by the interpreter's final
+        # collection, with a ResourceWarning under -X dev. An atexit hook
+        # would run before the hooks that the program registered earlier,
+        # and could close an fd number that the program has reused.
         return result
-
-
-def _close_own_fds(inherited: Inherited) -> None:
-    """Close the state memfd and upgrade pipes that the program left open, as an atexit hook.
-
-    Otherwise the interpreter's final garbage collection closes them with a
-    ResourceWarning for each, which -X dev shows, for files the program
-    never opened. A socket under a reserved name came from a service
-    manager and belongs to the program.
-    """
-    for name, item in zip(inherited._names, inherited.objects, strict=True):
-        if name not in _OWN_FD_NAMES or isinstance(item, (int, socket.socket)):
-            continue
-        try:
-            item.close()
-        except OSError as error:
-            _log.debug("could not close the inherited fd %r at exit: %s", name, error)
 
 
 _inherited_state: bytes | None = None

@@ -671,29 +671,3 @@ def test_upgrade_notifies_service_manager(start_generations):
     assert reload_lines[0] == "RELOADING=1"
     assert reload_lines[1].startswith("MONOTONIC_USEC=")
     assert handed_over == (f"MAINPID={ready['pid']}\nREADY=1\n", first)
-
-
-UNREAD_STATE_PROGRAM = r"""
-import json, os, fdpass
-upgrader = fdpass.Upgrader(upgrade_timeout=20)
-listener = upgrader.listen(("127.0.0.1", 0))
-upgrader.ready()
-if upgrader.has_parent:
-    upgrader.wait_for_parent(timeout=20)
-else:
-    print(json.dumps({"new_pid": upgrader.upgrade(state=b"never read")}), flush=True)
-    upgrader.wait_exit()
-listener.close()
-"""
-
-
-def test_unread_state_closed_quietly_at_exit(reaper, children):
-    """A new generation that never reads its state or parent pipe exits without a ResourceWarning under -X dev."""
-    child = children.python("-X", "dev", "-c", UNREAD_STATE_PROGRAM)
-
-    upgraded = child.read_json()
-    status, _, stderr = child.finish()
-
-    assert status == 0, stderr
-    assert wait_reaped(upgraded["new_pid"])
-    assert "ResourceWarning" not in stderr
