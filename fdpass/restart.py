@@ -837,7 +837,7 @@ def reexec(
     envp_bytes = _environment_block(env, updates, (*protocol.VARIABLES, _socket_env.VARIABLE))
 
     state_fd = None
-    standby_stopped = False
+    standby_stopped: str | None = None
     try:
         if state_bytes is not None:
             # Above every given fd, so that the memfd cannot take the number of a
@@ -865,8 +865,8 @@ def reexec(
         # Reached only if nothing was executed: a flush or the exec failed.
         if state_fd is not None:
             os.close(state_fd)
-        if standby_stopped and upgrade_module is not None:
-            upgrade_module._restart_standby_after_exec_failure()
+        if upgrade_module is not None:
+            upgrade_module._restart_standby_after_exec_failure(standby_stopped)
 
     if bad_index >= 0:
         bad_fd = numbers[bad_index]

@@ -1535,23 +1535,48 @@ def _readiness_variables() -> dict[str, str]:
     return variables
 
 
-def _stop_standby_before_exec() -> bool:
-    """Kill and reap the active Upgrader's standby before reexec(); return True if one ran.
+def _stop_standby_before_exec() -> str | None:
+    """Kill and reap the active Upgrader's standby before reexec(), and keep one from starting.
 
     The exec closes the standby's control socket, so the standby would exit
-    and stay a zombie child of the new image, which never reaps it.
+    and stay a zombie child of the new image, which never reaps it. The
+    start that ready() left for after the parent's exit runs in another
+    thread or on the event loop, so it is claimed here, and a start in
+    progress is waited for under _standby_lock.
+
+    Returns:
+        "stopped" if a standby ran, "claimed" if its start was still
+        pending, else None; _restart_standby_after_exec_failure() takes it.
     """
     upgrader = _active
-    if upgrader is None or upgrader._owner_pid != os.getpid() or upgrader._standby is None:
-        return False
+    if upgrader is None or upgrader._owner_pid != os.getpid() or upgrader._prestart is False:
+        return None
+
+    with upgrader._standby_lock:
+        pending = not upgrader._standby_claimed.is_set()
+        upgrader._standby_claimed.set()
+        running = upgrader._standby is not None
     upgrader._stop_standby()
-    return True
+
+    if running:
+        return "stopped"
+    return "claimed" if pending else None
 
 
-def _restart_standby_after_exec_failure() -> None:
+def _restart_standby_after_exec_failure(stopped: str | None) -> None:
+    """Undo _stop_standby_before_exec() after a failed exec: start the standby again, or leave its start pending."""
     upgrader = _active
-    if upgrader is not None and upgrader._owner_pid == os.getpid():
-        upgrader._start_standby()
+    if stopped is None or upgrader is None or upgrader._owner_pid != os.getpid():
+        return
+
+    if stopped == "claimed":
+        upgrader._standby_claimed.clear()
+        # The thread that ready() started may have given up on the claimed
+        # start already, so once the parent is gone it runs here.
+        if upgrader._parent_gone or upgrader._poll_parent_gone():
+            upgrader._start_pending_standby()
+        return
+    upgrader._start_standby()
 
 
 def _resolve_future(future: asyncio.Future[None]) -> None:
