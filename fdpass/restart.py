@@ -959,22 +959,25 @@ _READY_DEADLINE_VARIABLE = "FDPASS_READY_DEADLINE_NS"
 
 
 def _upgrade_variables(upgrade_module: ModuleType | None, *, ready_due: bool) -> dict[str, str]:
-    """Return FDPASS_PARENT_PID, and FDPASS_READY_DEADLINE_NS while ready() is due, for reexec()'s new image.
+    """Return the upgrade variables for reexec()'s new image: FDPASS_READY_DEADLINE_NS only while ready() is due.
 
     An Upgrader takes them out of os.environ, and
-    fdpass.upgrade._readiness_variables() gives them back. Before any
-    Upgrader, they are still in os.environ, which env= replaces.
+    fdpass.upgrade._readiness_variables() gives them back, with the
+    variable that says whether ready() or stop() closed the readiness pipe.
+    Before any Upgrader, they are still in os.environ, which env= replaces.
     """
     from_upgrader: dict[str, str] = {}
     if upgrade_module is not None:
         from_upgrader = upgrade_module._readiness_variables()
 
-    names = [_PARENT_PID_VARIABLE, _READY_DEADLINE_VARIABLE] if ready_due else [_PARENT_PID_VARIABLE]
     variables = {}
-    for name in names:
-        value = from_upgrader.get(name, os.environ.get(name))
+    for name in (_PARENT_PID_VARIABLE, _READY_DEADLINE_VARIABLE):
+        value = os.environ.get(name)
         if value is not None:
             variables[name] = value
+    variables.update(from_upgrader)
+    if not ready_due:
+        variables.pop(_READY_DEADLINE_VARIABLE, None)
     return variables
 
 

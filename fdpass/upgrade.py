@@ -56,6 +56,9 @@ PARENT_PID_VARIABLE = "FDPASS_PARENT_PID"
 #: The environment variable with the time.monotonic_ns() at which a new
 #: generation that has not called ready() kills itself.
 READY_DEADLINE_VARIABLE = "FDPASS_READY_DEADLINE_NS"
+#: Set by reexec() once the readiness pipe is closed, to "ready" or "stopped":
+#: which call closed it, for the new image's Upgrader.
+READY_PIPE_CLOSED_VARIABLE = "FDPASS_READY_PIPE_CLOSED_IN"
 
 
 # poll() takes its timeout in milliseconds as a C int, so a longer wait is
@@ -359,7 +362,7 @@ class Upgrader:
         pid_file: str | os.PathLike[str] | None = None,
         prestart: bool | Sequence[str] = False,
     ) -> None:
-        global _active
+        global _active, _ready_pipe_closed_in
 
         timeout = _check_timeout(upgrade_timeout, "upgrade_timeout", wait_forever=False)
         pid_path = None if pid_file is None else _check_pid_file(pid_file)
@@ -409,6 +412,14 @@ class Upgrader:
         self._ready_pipe_was_closed = ready_pipe is not None and ready_pipe.closed
         self._ready_pipe = None if self._ready_pipe_was_closed else ready_pipe
         self._parent_pipe = _inherited_pipe(inherited, PARENT_FD_NAME)
+        closed_in = os.environ.pop(READY_PIPE_CLOSED_VARIABLE, None)
+        if ready_pipe is None and self._parent_pipe is not None and closed_in in (_READY, _STOPPED):
+            # An image before reexec() closed the pipe, which reexec() then
+            # did not pass, so this image's ready() must act as the Upgrader
+            # there would have.
+            self._ready_pipe_was_closed = True
+            if _ready_pipe_closed_in is None:
+                _ready_pipe_closed_in = closed_in
         self._parent_pid = _parent_pid() if self._parent_pipe is not None else None
         self._parent_gone = self._parent_pipe is None
         # NOTE: a cold-started generation that hangs before it creates its
@@ -1532,6 +1543,8 @@ def _readiness_variables() -> dict[str, str]:
         variables[PARENT_PID_VARIABLE] = str(_inherited_parent_pid)
     if _ready_deadline_ns is not None:
         variables[READY_DEADLINE_VARIABLE] = str(_ready_deadline_ns)
+    if _ready_pipe_closed_in is not None:
+        variables[READY_PIPE_CLOSED_VARIABLE] = _ready_pipe_closed_in
     return variables
 
 

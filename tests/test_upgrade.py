@@ -482,6 +482,47 @@ def test_reexec_after_ready_keeps_parent(reaper, children):
     assert wait_reaped(new["pid"])
 
 
+STOP_THEN_REEXEC_PROGRAM = r"""
+import json, os, sys, fdpass
+upgrader = fdpass.Upgrader(upgrade_timeout=20)
+upgrader.listen(("127.0.0.1", 0), name="http")
+if not upgrader.has_parent:
+    upgrader.ready()
+    try:
+        upgrader.upgrade()
+    except fdpass.UpgradeError as error:
+        print(json.dumps({"old_error": str(error)}), flush=True)
+    sys.exit(0)
+if os.environ.get("FDPASS_TEST_REEXECED") != "1":
+    upgrader.stop()
+    os.environ["FDPASS_TEST_REEXECED"] = "1"
+    fdpass.reexec()
+try:
+    upgrader.ready()
+except fdpass.UpgradeError as error:
+    print(json.dumps({"new_error": str(error)}), flush=True)
+else:
+    print(json.dumps({"new_error": None}), flush=True)
+"""
+
+
+def test_stop_then_reexec_still_fails_ready(reaper, children):
+    """After stop() before ready(), the image that reexec() starts gets UpgradeError from ready(), as without reexec()."""
+    child = children.python("-c", STOP_THEN_REEXEC_PROGRAM)
+
+    reports = [child.read_json(), child.read_json()]
+    status, _, stderr = child.finish()
+
+    assert status == 0, stderr
+    new_error = next(report["new_error"] for report in reports if "new_error" in report)
+    old_error = next(report["old_error"] for report in reports if "old_error" in report)
+    assert new_error is not None
+    assert "stop()" in new_error
+    # The new image may exit before or after the old generation reads EOF on the readiness pipe.
+    assert "before" in old_error
+    assert "ready()" in old_error
+
+
 def test_ready_generation_outlives_its_deadline(start_generations):
     """ready() deletes the deadline timer: the new generation serves on past upgrade_timeout plus the grace."""
     generations = start_generations("--timeout", "1")
