@@ -751,9 +751,9 @@ def reexec(
             to fd. An fd is an int, a socket, a file object or anything with
             fileno(). Empty means every open socket that listen() returned.
             The Inherited from inherit() passes every fd it holds, several
-            under one name included, except fdpass's own state memfd and
-            upgrade pipes. An fd that a service manager named "fdpass-..."
-            goes on as "unknown".
+            under one name included, except fdpass's own: a non-socket fd
+            named "fdpass-state", "fdpass-ready" or "fdpass-parent". Any
+            other fd under an "fdpass-" name goes on as "unknown".
         argv: the new argv; None re-runs this program with its original
             interpreter options and arguments (see fdpass.command).
         executable: the file to execute; None means sys.executable when argv
@@ -963,7 +963,7 @@ def _upgrade_variables(upgrade_module: ModuleType | None, *, ready_due: bool) ->
 
     An Upgrader takes them out of os.environ, and
     fdpass.upgrade._readiness_variables() gives them back, with the
-    variable that says whether ready() or stop() closed the readiness pipe.
+    variable that records whether ready() or stop() closed the readiness pipe.
     Before any Upgrader, they are still in os.environ, which env= replaces.
     """
     from_upgrader: dict[str, str] = {}
@@ -982,7 +982,19 @@ def _upgrade_variables(upgrade_module: ModuleType | None, *, ready_due: bool) ->
 
 
 def _with_upgrade_pipes(resolved: _Resolved, pipe_names: list[str], pipes: list[IO[bytes]]) -> _Resolved:
-    """Return resolved with the Upgrader's readiness and parent pipes appended under their reserved names."""
+    """Return resolved with the Upgrader's readiness and parent pipes appended under their reserved names.
+
+    Raises:
+        ValueError: resolved already passes one of the pipes.
+    """
+    pipe_names_by_fd = {pipe.fileno(): name for name, pipe in zip(pipe_names, pipes, strict=True)}
+    for index, number in enumerate(resolved.numbers):
+        if number in pipe_names_by_fd:
+            raise ValueError(
+                f"{resolved.label(index)} is fd {number}, fdpass's {pipe_names_by_fd[number]!r} pipe, which "
+                "reexec() passes by itself; leave it out of fds"
+            )
+
     count = len(resolved.items)
     base_label = resolved.label
 

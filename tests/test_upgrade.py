@@ -507,7 +507,7 @@ else:
 
 
 def test_stop_then_reexec_still_fails_ready(reaper, children):
-    """After stop() before ready(), the image that reexec() starts gets UpgradeError from ready(), as without reexec()."""
+    """After stop() and reexec() before ready(), the new image's ready() raises UpgradeError, as without reexec()."""
     child = children.python("-c", STOP_THEN_REEXEC_PROGRAM)
 
     reports = [child.read_json(), child.read_json()]
@@ -521,6 +521,36 @@ def test_stop_then_reexec_still_fails_ready(reaper, children):
     # The new image may exit before or after the old generation reads EOF on the readiness pipe.
     assert "before" in old_error
     assert "ready()" in old_error
+
+
+OWN_PIPE_PASSED_PROGRAM = r"""
+import json, os, sys, fdpass
+upgrader = fdpass.Upgrader(upgrade_timeout=20)
+upgrader.listen(("127.0.0.1", 0), name="http")
+if not upgrader.has_parent:
+    upgrader.ready()
+    print(json.dumps({"new_pid": upgrader.upgrade()}), flush=True)
+    sys.exit(0)
+try:
+    fdpass.reexec({"x": fdpass.inherit()["fdpass-ready"]})
+except ValueError as error:
+    print(json.dumps({"error": str(error)}), flush=True)
+upgrader.ready()
+"""
+
+
+def test_reexec_names_own_pipe_passed(reaper, children):
+    """Passing fdpass's readiness pipe to reexec() raises ValueError that names it, and ready() still works after."""
+    child = children.python("-c", OWN_PIPE_PASSED_PROGRAM)
+
+    reported = child.read_json()
+    upgraded = child.read_json()
+    status, _, stderr = child.finish()
+
+    assert status == 0, stderr
+    assert "fdpass's 'fdpass-ready' pipe" in reported["error"]
+    assert "leave it out of fds" in reported["error"]
+    assert wait_reaped(upgraded["new_pid"])
 
 
 def test_ready_generation_outlives_its_deadline(start_generations):
