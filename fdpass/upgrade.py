@@ -399,6 +399,8 @@ class Upgrader:
         self._owner_pid = os.getpid()
         # Held while a standby starts or is taken, so upgrade() waits for one being started.
         self._standby_lock = threading.Lock()
+        # The thread that holds _standby_lock in _start_standby(), or None.
+        self._standby_lock_owner: int | None = None
         self._standby: Standby | None = None
         # Cleared by a ready() under a parent, which leaves the standby's
         # start for later. Set again, under _standby_lock, by the one caller
@@ -1030,25 +1032,40 @@ class Upgrader:
         """
         if self._prestart is False:
             return
-        from fdpass import prestart as prestart_module
 
         with self._standby_lock:
-            if only_if_pending:
-                if self._standby_claimed.is_set():
-                    return
-                self._standby_claimed.set()
-            with self._lock:
-                if self._state != _READY or (self._upgrading and not during_upgrade) or self._standby is not None:
-                    return
+            self._standby_lock_owner = threading.get_ident()
             try:
-                standby = prestart_module.start(None if self._prestart is True else self._prestart)
-            except (OSError, ValueError) as error:
-                _log.warning("could not start a standby, so the next upgrade starts cold: %s", error)
-                return
-            self._standby = standby
+                standby = self._start_standby_locked(during_upgrade, only_if_pending)
+            finally:
+                self._standby_lock_owner = None
+        if standby is None:
+            return
 
         _register_exit_hook()
         _log.info("standby PID %d started for the next upgrade", standby.pid)
+
+    def _start_standby_locked(self, during_upgrade: bool, only_if_pending: bool) -> Standby | None:
+        """Do _start_standby()'s work under _standby_lock; return the standby started, or None."""
+        from fdpass import prestart as prestart_module
+
+        if self._prestart is False:
+            return None
+        if only_if_pending:
+            if self._standby_claimed.is_set():
+                return None
+            self._standby_claimed.set()
+        with self._lock:
+            if self._state != _READY or (self._upgrading and not during_upgrade) or self._standby is not None:
+                return None
+
+        try:
+            standby = prestart_module.start(None if self._prestart is True else self._prestart)
+        except (OSError, ValueError) as error:
+            _log.warning("could not start a standby, so the next upgrade starts cold: %s", error)
+            return None
+        self._standby = standby
+        return standby
 
     def _take_standby(self, *, for_upgrade: bool = True) -> Standby | None:
         # upgrade() runs only once the previous generation has exited, so a
@@ -1563,6 +1580,14 @@ def _stop_standby_before_exec() -> str | None:
     """
     upgrader = _active
     if upgrader is None or upgrader._owner_pid != os.getpid() or upgrader._prestart is False:
+        return None
+
+    # A signal handler that calls reexec() may run in the thread that holds
+    # _standby_lock to start a standby, and that thread cannot wait for itself.
+    if upgrader._standby_lock_owner == threading.get_ident():
+        upgrader._standby_claimed.set()
+        # NOTE: a standby that the interrupted start has already spawned
+        # then stays a zombie child of the new image.
         return None
 
     with upgrader._standby_lock:

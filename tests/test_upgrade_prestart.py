@@ -1015,3 +1015,37 @@ def test_reexec_at_parent_exit_leaves_no_standby(children, reaper, attempt):
 
     assert status == 0, stderr
     assert report["children"] == []
+
+
+# The SIGUSR1 handler runs inside prestart.start(), while _start_standby()
+# holds the standby lock in the same thread.
+REEXEC_IN_SIGNAL_HANDLER_PROGRAM = r"""
+import json, os, signal, sys, fdpass
+from fdpass import prestart
+if os.environ.get("FDPASS_TEST_IMAGE") == "2":
+    print(json.dumps({"new_image": os.getpid()}), flush=True)
+    sys.exit(0)
+def restart(signum, frame):
+    os.environ["FDPASS_TEST_IMAGE"] = "2"
+    fdpass.reexec()
+signal.signal(signal.SIGUSR1, restart)
+original_start = prestart.start
+def start_after_signal(modules):
+    os.kill(os.getpid(), signal.SIGUSR1)
+    return original_start(modules)
+prestart.start = start_after_signal
+upgrader = fdpass.Upgrader(prestart=True)
+upgrader.listen(("127.0.0.1", 0))
+upgrader.ready()
+"""
+
+
+def test_reexec_from_handler_during_standby_start(children):
+    """A signal handler that calls reexec() while its thread starts the standby restarts, instead of deadlocking."""
+    child = children.python("-c", REEXEC_IN_SIGNAL_HANDLER_PROGRAM)
+
+    report = child.read_json(timeout=10)
+    status, _, stderr = child.finish()
+
+    assert status == 0, stderr
+    assert report["new_image"] == child.pid
