@@ -1030,7 +1030,7 @@ class Upgrader:
         only_if_pending, starts it only if the start that ready() left for
         after the parent's exit is still unclaimed, and claims it.
         """
-        if self._prestart is False:
+        if self._prestart is False or self._standby_lock_owner == threading.get_ident():
             return
 
         with self._standby_lock:
@@ -1071,6 +1071,11 @@ class Upgrader:
         # upgrade() runs only once the previous generation has exited, so a
         # standby start still pending then is due, and it runs here rather
         # than wait for the loop or the thread. stop() starts none.
+        # A signal handler that runs upgrade() or stop() in the thread that
+        # holds _standby_lock for a start would wait for itself, so it gets
+        # no standby, and the upgrade starts cold.
+        if self._standby_lock_owner == threading.get_ident():
+            return None
         if for_upgrade:
             self._start_pending_standby()
         with self._standby_lock:

@@ -1049,3 +1049,38 @@ def test_reexec_from_handler_during_standby_start(children):
 
     assert status == 0, stderr
     assert report["new_image"] == child.pid
+
+
+UPGRADE_IN_SIGNAL_HANDLER_PROGRAM = r"""
+import json, os, signal, sys, fdpass
+from fdpass import prestart
+upgrader = fdpass.Upgrader(upgrade_timeout=20, prestart=True)
+upgrader.listen(("127.0.0.1", 0))
+if upgrader.has_parent:
+    upgrader.ready()
+    upgrader.wait_for_parent(timeout=20)
+    sys.exit(0)
+def upgrade(signum, frame):
+    print(json.dumps({"new_pid": upgrader.upgrade()}), flush=True)
+signal.signal(signal.SIGHUP, upgrade)
+original_start = prestart.start
+def start_after_signal(modules):
+    prestart.start = original_start
+    os.kill(os.getpid(), signal.SIGHUP)
+    return original_start(modules)
+prestart.start = start_after_signal
+upgrader.ready()
+upgrader.stop()
+"""
+
+
+def test_upgrade_from_handler_during_standby_start(children, reaper):
+    """A signal handler that calls upgrade() during its thread's standby start upgrades cold, without a deadlock."""
+    child = children.python("-c", UPGRADE_IN_SIGNAL_HANDLER_PROGRAM)
+
+    report = child.read_json(timeout=10)
+    status, _, stderr = child.finish()
+
+    assert status == 0, stderr
+    assert report["new_pid"] > 0
+    assert wait_ended(report["new_pid"])
