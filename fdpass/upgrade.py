@@ -401,6 +401,10 @@ class Upgrader:
         self._standby_lock = threading.Lock()
         # The thread that holds _standby_lock in _start_standby(), or None.
         self._standby_lock_owner: int | None = None
+        # Set by reexec() from the standby's stop until the exec, which
+        # would leave a standby started meanwhile as a zombie; "refused"
+        # once a start was turned away, so a failed exec starts it after all.
+        self._standby_exec_block: str | None = None
         self._standby: Standby | None = None
         # Cleared by a ready() under a parent, which leaves the standby's
         # start for later. Set again, under _standby_lock, by the one caller
@@ -1051,6 +1055,9 @@ class Upgrader:
 
         if self._prestart is False:
             return None
+        if self._standby_exec_block is not None:
+            self._standby_exec_block = "refused"
+            return None
         if only_if_pending:
             if self._standby_claimed.is_set():
                 return None
@@ -1576,8 +1583,9 @@ def _stop_standby_before_exec() -> str | None:
     The exec closes the standby's control socket, so the standby would exit
     and stay a zombie child of the new image, which never reaps it. The
     start that ready() left for after the parent's exit runs in another
-    thread or on the event loop, so it is claimed here, and a start in
-    progress is waited for under _standby_lock.
+    thread or on the event loop, so it is claimed here, a start in
+    progress is waited for under _standby_lock, and later starts are
+    refused until _restart_standby_after_exec_failure().
 
     Returns:
         "stopped" if a standby ran, "claimed" if its start was still
@@ -1591,6 +1599,7 @@ def _stop_standby_before_exec() -> str | None:
     # _standby_lock to start a standby, and that thread cannot wait for itself.
     if upgrader._standby_lock_owner == threading.get_ident():
         upgrader._standby_claimed.set()
+        upgrader._standby_exec_block = "blocked"
         # NOTE: a standby that the interrupted start has already spawned
         # then stays a zombie child of the new image.
         return None
@@ -1598,6 +1607,7 @@ def _stop_standby_before_exec() -> str | None:
     with upgrader._standby_lock:
         pending = not upgrader._standby_claimed.is_set()
         upgrader._standby_claimed.set()
+        upgrader._standby_exec_block = "blocked"
         running = upgrader._standby is not None
     upgrader._stop_standby()
 
@@ -1609,9 +1619,19 @@ def _stop_standby_before_exec() -> str | None:
 def _restart_standby_after_exec_failure(stopped: str | None) -> None:
     """Undo _stop_standby_before_exec() after a failed exec: start the standby again, or leave its start pending."""
     upgrader = _active
-    if stopped is None or upgrader is None or upgrader._owner_pid != os.getpid():
+    if upgrader is None or upgrader._owner_pid != os.getpid():
         return
 
+    # In a signal handler that interrupted this thread's standby start, the
+    # lock is this thread's already, and that start goes on after the handler.
+    if upgrader._standby_lock_owner == threading.get_ident():
+        upgrader._standby_exec_block = None
+        return
+    with upgrader._standby_lock:
+        refused = upgrader._standby_exec_block == "refused"
+        upgrader._standby_exec_block = None
+    if stopped is None and not refused:
+        return
     if stopped == "claimed":
         upgrader._standby_claimed.clear()
         # The thread that ready() started may have given up on the claimed

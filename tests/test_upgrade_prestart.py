@@ -1084,3 +1084,52 @@ def test_upgrade_from_handler_during_standby_start(children, reaper):
     assert status == 0, stderr
     assert report["new_pid"] > 0
     assert wait_ended(report["new_pid"])
+
+
+# Another thread calls ready() while reexec() flushes a passed object,
+# after reexec() has stopped the standby and before the exec.
+READY_DURING_REEXEC_PROGRAM = r"""
+import json, os, sys, threading, time, fdpass
+def child_states():
+    states = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stream:
+                fields = stream.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == os.getpid():
+            states.append(fields[0])
+    return states
+if os.environ.get("FDPASS_TEST_IMAGE") == "2":
+    time.sleep(0.5)
+    print(json.dumps({"children": child_states()}), flush=True)
+    sys.exit(0)
+upgrader = fdpass.Upgrader(prestart=True)
+class SlowFlush:
+    def __init__(self):
+        self.read_end, self.write_end = os.pipe()
+    def fileno(self):
+        return self.write_end
+    def flush(self):
+        time.sleep(1.0)
+def late_ready():
+    time.sleep(0.3)
+    upgrader.ready()
+threading.Thread(target=late_ready, daemon=True).start()
+os.environ["FDPASS_TEST_IMAGE"] = "2"
+fdpass.reexec({"slow": SlowFlush()})
+"""
+
+
+def test_ready_during_reexec_starts_no_standby(children):
+    """ready() in another thread between reexec()'s standby stop and its exec starts no standby left as a zombie."""
+    child = children.python("-c", READY_DURING_REEXEC_PROGRAM)
+
+    report = child.read_json()
+    status, _, stderr = child.finish()
+
+    assert status == 0, stderr
+    assert report["children"] == []
