@@ -953,9 +953,10 @@ def _inherited_upgrade_pipes() -> tuple[list[str], list[IO[bytes]]] | None:
     return (names, pipes) if pipes else None
 
 
-# fdpass.upgrade's PARENT_PID_VARIABLE and READY_DEADLINE_VARIABLE.
+# fdpass.upgrade's PARENT_PID_VARIABLE, READY_DEADLINE_VARIABLE and READY_PIPE_CLOSED_VARIABLE.
 _PARENT_PID_VARIABLE = "FDPASS_PARENT_PID"
 _READY_DEADLINE_VARIABLE = "FDPASS_READY_DEADLINE_NS"
+_READY_PIPE_CLOSED_VARIABLE = "FDPASS_READY_PIPE_CLOSED_IN"
 
 
 def _upgrade_variables(upgrade_module: ModuleType | None, *, ready_due: bool) -> dict[str, str]:
@@ -971,7 +972,7 @@ def _upgrade_variables(upgrade_module: ModuleType | None, *, ready_due: bool) ->
         from_upgrader = upgrade_module._readiness_variables()
 
     variables = {}
-    for name in (_PARENT_PID_VARIABLE, _READY_DEADLINE_VARIABLE):
+    for name in (_PARENT_PID_VARIABLE, _READY_DEADLINE_VARIABLE, _READY_PIPE_CLOSED_VARIABLE):
         value = os.environ.get(name)
         if value is not None:
             variables[name] = value

@@ -419,13 +419,14 @@ class Upgrader:
         self._ready_pipe = None if self._ready_pipe_was_closed else ready_pipe
         self._parent_pipe = _inherited_pipe(inherited, PARENT_FD_NAME)
         closed_in = os.environ.pop(READY_PIPE_CLOSED_VARIABLE, None)
-        if ready_pipe is None and self._parent_pipe is not None and closed_in in (_READY, _STOPPED):
+        if ready_pipe is None and self._parent_pipe is not None:
             # An image before reexec() closed the pipe, which reexec() then
             # did not pass, so this image's ready() must act as the Upgrader
-            # there would have.
-            self._ready_pipe_was_closed = True
-            if _ready_pipe_closed_in is None:
+            # there would have. The first Upgrader takes the variable, and
+            # the module keeps its value for later ones.
+            if _ready_pipe_closed_in is None and closed_in in (_READY, _STOPPED):
                 _ready_pipe_closed_in = closed_in
+            self._ready_pipe_was_closed = _ready_pipe_closed_in is not None
         self._parent_pid = _parent_pid() if self._parent_pipe is not None else None
         self._parent_gone = self._parent_pipe is None
         # NOTE: a cold-started generation that hangs before it creates its

@@ -197,3 +197,49 @@ def test_listener_passed_twice_names_it(children):
     assert outcome["probe"] is None
     assert notifications == ["READY=1", "RELOADING=1", "READY=1"]
     assert len(outcome["warnings"]) == 1
+
+
+SECOND_UPGRADER_AFTER_REEXEC_PROGRAM = r"""
+import json, os, sys, time, fdpass
+upgrader = fdpass.Upgrader(upgrade_timeout=20)
+state = fdpass.inherited_state()
+if state is None:
+    upgrader.listen(("127.0.0.1", 0))
+    upgrader.ready()
+    new_pid = upgrader.upgrade(state=b"second")
+    time.sleep(0.5)
+    print(json.dumps({"new_pid": new_pid}), flush=True)
+    sys.exit(0)
+if state == b"second":
+    upgrader.ready()
+    upgrader.stop()
+    fdpass.reexec(state=b"after reexec")
+upgrader.stop()
+second = fdpass.Upgrader()
+second.ready()
+second.wait_for_parent(timeout=20)
+second.stop()
+"""
+
+
+def test_second_upgrader_after_reexec_sends_nothing(children):
+    """After ready() and reexec(), a second Upgrader's ready() sends no READY=1 of its own, as without reexec()."""
+    name = f"fdpass-test-second-upgrader-{os.getpid()}-{os.urandom(4).hex()}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as manager:
+        manager.bind(b"\0" + name.encode())
+        child = children.python(
+            "-c", SECOND_UPGRADER_AFTER_REEXEC_PROGRAM, env=clean_environment({"NOTIFY_SOCKET": "@" + name})
+        )
+        outcome = child.read_json(timeout=OUTCOME_TIMEOUT)
+        status, _, stderr = child.finish()
+
+        manager.setblocking(False)
+        notifications = []
+        for _ in range(100):
+            try:
+                notifications.append(manager.recv(4096).decode().partition("\n")[0])
+            except BlockingIOError:
+                break
+
+    assert status == 0, stderr
+    assert notifications == ["READY=1", "RELOADING=1", f"MAINPID={outcome['new_pid']}"]
