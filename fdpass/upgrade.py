@@ -401,9 +401,9 @@ class Upgrader:
         self._standby_lock = threading.Lock()
         # The thread that holds _standby_lock in _start_standby(), or None.
         self._standby_lock_owner: int | None = None
-        # Set by reexec() from the standby's stop until the exec, which
-        # would leave a standby started meanwhile as a zombie; "refused"
-        # once a start was turned away, so a failed exec starts it after all.
+        # "blocked" from reexec()'s standby stop until its exec, because a
+        # standby started meanwhile would stay a zombie. "rejected" once a
+        # start was turned away, so that a failed exec runs it after all.
         self._standby_exec_block: str | None = None
         self._standby: Standby | None = None
         # Cleared by a ready() under a parent, which leaves the standby's
@@ -1057,7 +1057,7 @@ class Upgrader:
         if self._prestart is False:
             return None
         if self._standby_exec_block is not None:
-            self._standby_exec_block = "refused"
+            self._standby_exec_block = "rejected"
             return None
         if only_if_pending:
             if self._standby_claimed.is_set():
@@ -1629,9 +1629,9 @@ def _restart_standby_after_exec_failure(stopped: str | None) -> None:
         upgrader._standby_exec_block = None
         return
     with upgrader._standby_lock:
-        refused = upgrader._standby_exec_block == "refused"
+        rejected = upgrader._standby_exec_block == "rejected"
         upgrader._standby_exec_block = None
-    if stopped is None and not refused:
+    if stopped is None and not rejected:
         return
     if stopped == "claimed":
         upgrader._standby_claimed.clear()
