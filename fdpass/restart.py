@@ -767,6 +767,8 @@ def reexec(
     Raises:
         TypeError, ValueError: an fd is closed, invalid or passed twice, a name
             is invalid, or argv or env is malformed. Nothing has changed.
+        fdpass.UpgradeError: an Upgrader's upgrade() is running in this
+            process. Nothing has changed.
         OSError: execve failed (for example ENOENT, EACCES or E2BIG). Every fd,
             fd flag and signal setting is as it was, so the program can go on
             serving. FileNotFoundError before any change, when argv is None
@@ -787,6 +789,8 @@ def reexec(
         )
     check_not_reserved(resolved.names)
     upgrade_module = sys.modules.get("fdpass.upgrade")
+    if upgrade_module is not None:
+        upgrade_module._check_no_upgrade_running()
     upgrade_pipes = _inherited_upgrade_pipes()
     if upgrade_pipes is not None:
         resolved = _with_upgrade_pipes(resolved, *upgrade_pipes)

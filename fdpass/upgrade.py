@@ -1578,6 +1578,26 @@ def _readiness_variables() -> dict[str, str]:
     return variables
 
 
+def _check_no_upgrade_running() -> None:
+    """Raise UpgradeError if the active Upgrader's upgrade() is running, for reexec() to call first.
+
+    The exec would end that upgrade's wait, and the new generation would
+    serve next to the new image, which neither tracks nor reaps it.
+    """
+    upgrader = _active
+    if upgrader is None or upgrader._owner_pid != os.getpid():
+        return
+    with upgrader._lock:
+        running = upgrader._upgrading
+    # NOTE: an upgrade() that another thread begins after this check, and
+    # before the exec, is not caught.
+    if running:
+        raise UpgradeError(
+            "reexec() not allowed now: an upgrade() is running in this process; "
+            "call reexec() after it returned or raised"
+        )
+
+
 def _stop_standby_before_exec() -> str | None:
     """Kill and reap the active Upgrader's standby before reexec(), and keep one from starting.
 

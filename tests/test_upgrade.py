@@ -553,6 +553,42 @@ def test_reexec_names_own_pipe_passed(reaper, children):
     assert wait_reaped(upgraded["new_pid"])
 
 
+REEXEC_DURING_UPGRADE_PROGRAM = r"""
+import json, os, sys, threading, time, fdpass
+upgrader = fdpass.Upgrader(upgrade_timeout=20)
+upgrader.listen(("127.0.0.1", 0))
+if upgrader.has_parent:
+    time.sleep(1.0)
+    upgrader.ready()
+    upgrader.wait_for_parent(timeout=20)
+    sys.exit(0)
+upgrader.ready()
+result = {}
+upgrading = threading.Thread(target=lambda: result.update(new_pid=upgrader.upgrade()))
+upgrading.start()
+time.sleep(0.3)
+try:
+    fdpass.reexec()
+except fdpass.UpgradeError as error:
+    result["error"] = str(error)
+upgrading.join(20)
+print(json.dumps(result), flush=True)
+"""
+
+
+def test_reexec_during_upgrade_raises(reaper, children):
+    """reexec() while another thread's upgrade() waits raises UpgradeError, and the upgrade still succeeds."""
+    child = children.python("-c", REEXEC_DURING_UPGRADE_PROGRAM)
+
+    result = child.read_json()
+    status, _, stderr = child.finish()
+
+    assert status == 0, stderr
+    assert "upgrade() is running" in result["error"]
+    assert result["new_pid"] > 0
+    assert wait_reaped(result["new_pid"])
+
+
 def test_ready_generation_outlives_its_deadline(start_generations):
     """ready() deletes the deadline timer: the new generation serves on past upgrade_timeout plus the grace."""
     generations = start_generations("--timeout", "1")
