@@ -1072,6 +1072,13 @@ class Upgrader:
         except (OSError, ValueError) as error:
             _log.warning("could not start a standby, so the next upgrade starts cold: %s", error)
             return None
+
+        # A signal handler may have run stop() or an upgrade during the start.
+        with self._lock:
+            still_due = self._state == _READY and (during_upgrade or not self._upgrading)
+        if not still_due:
+            standby.kill()
+            return None
         self._standby = standby
         return standby
 
@@ -1619,17 +1626,22 @@ def _stop_standby_before_exec() -> str | None:
     # A signal handler that calls reexec() may run in the thread that holds
     # _standby_lock to start a standby, and that thread cannot wait for itself.
     if upgrader._standby_lock_owner == threading.get_ident():
+        pending = not upgrader._standby_claimed.is_set()
         upgrader._standby_claimed.set()
         upgrader._standby_exec_block = "blocked"
         # NOTE: a standby that the interrupted start has already spawned
         # then stays a zombie child of the new image.
-        return None
+        return "claimed" if pending else None
 
     with upgrader._standby_lock:
-        pending = not upgrader._standby_claimed.is_set()
-        upgrader._standby_claimed.set()
-        upgrader._standby_exec_block = "blocked"
-        running = upgrader._standby is not None
+        upgrader._standby_lock_owner = threading.get_ident()
+        try:
+            pending = not upgrader._standby_claimed.is_set()
+            upgrader._standby_claimed.set()
+            upgrader._standby_exec_block = "blocked"
+            running = upgrader._standby is not None
+        finally:
+            upgrader._standby_lock_owner = None
     upgrader._stop_standby()
 
     if running:
@@ -1644,9 +1656,12 @@ def _restart_standby_after_exec_failure(stopped: str | None) -> None:
         return
 
     # In a signal handler that interrupted this thread's standby start, the
-    # lock is this thread's already, and that start goes on after the handler.
+    # lock is this thread's already, and that start goes on after the
+    # handler, once the claim that reexec() took is given back.
     if upgrader._standby_lock_owner == threading.get_ident():
         upgrader._standby_exec_block = None
+        if stopped == "claimed":
+            upgrader._standby_claimed.clear()
         return
     with upgrader._standby_lock:
         rejected = upgrader._standby_exec_block == "rejected"

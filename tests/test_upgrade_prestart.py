@@ -1133,3 +1133,31 @@ def test_ready_during_reexec_starts_no_standby(children):
 
     assert status == 0, stderr
     assert report["children"] == []
+
+
+STOP_IN_HANDLER_DURING_START_PROGRAM = r"""
+import json, os, signal, fdpass
+from fdpass import prestart
+upgrader = fdpass.Upgrader(prestart=True)
+upgrader.listen(("127.0.0.1", 0))
+signal.signal(signal.SIGTERM, lambda signum, frame: upgrader.stop())
+original_start = prestart.start
+def start_after_signal(modules):
+    prestart.start = original_start
+    os.kill(os.getpid(), signal.SIGTERM)
+    return original_start(modules)
+prestart.start = start_after_signal
+upgrader.ready()
+print(json.dumps({"standby_pid": upgrader.standby_pid}), flush=True)
+"""
+
+
+def test_stop_in_handler_during_start_keeps_no_standby(children):
+    """stop() in a signal handler that interrupts the standby start leaves no standby behind once the start ends."""
+    child = children.python("-c", STOP_IN_HANDLER_DURING_START_PROGRAM)
+
+    report = child.read_json(timeout=10)
+    status, _, stderr = child.finish()
+
+    assert status == 0, stderr
+    assert report["standby_pid"] is None
