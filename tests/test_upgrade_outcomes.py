@@ -51,14 +51,20 @@ def run_case(
 
         # The helper printed its outcome after upgrade() ended, so every
         # datagram of that upgrade is already queued.
-        manager.setblocking(False)
-        notifications = []
-        for _ in range(100):
-            try:
-                notifications.append(manager.recv(4096).decode().partition("\n")[0])
-            except BlockingIOError:
-                break
+        notifications = queued_notifications(manager)
     return outcome, notifications, process
+
+
+def queued_notifications(manager: socket.socket) -> list[str]:
+    """Return the first line of each datagram queued on manager, without waiting for more."""
+    manager.setblocking(False)
+    notifications = []
+    for _ in range(100):
+        try:
+            notifications.append(manager.recv(4096).decode().partition("\n")[0])
+        except BlockingIOError:
+            break
+    return notifications
 
 
 @pytest.mark.parametrize(
@@ -232,14 +238,7 @@ def test_second_upgrader_after_reexec_sends_nothing(children):
         )
         outcome = child.read_json(timeout=OUTCOME_TIMEOUT)
         status, _, stderr = child.finish()
-
-        manager.setblocking(False)
-        notifications = []
-        for _ in range(100):
-            try:
-                notifications.append(manager.recv(4096).decode().partition("\n")[0])
-            except BlockingIOError:
-                break
+        notifications = queued_notifications(manager)
 
     assert status == 0, stderr
     assert notifications == ["READY=1", "RELOADING=1", f"MAINPID={outcome['new_pid']}"]

@@ -972,8 +972,8 @@ def test_prestart_rejects_bad_values(prestart, error, named):
 
 # The new generation restarts in place as soon as its parent has exited,
 # while the thread that ready() started begins the standby's start.
-REEXEC_AT_PARENT_EXIT_PROGRAM = r"""
-import json, os, sys, time, fdpass
+# The states of this process's children, from /proc: "Z" for a zombie.
+CHILD_STATES_FUNCTION = r"""
 def child_states():
     states = []
     for entry in os.listdir("/proc"):
@@ -987,6 +987,11 @@ def child_states():
         if int(fields[1]) == os.getpid():
             states.append(fields[0])
     return states
+"""
+
+REEXEC_AT_PARENT_EXIT_PROGRAM = r"""
+import json, os, sys, time, fdpass
+""" + CHILD_STATES_FUNCTION + r"""
 if os.environ.get("FDPASS_TEST_IMAGE") == "2":
     time.sleep(0.5)
     print(json.dumps({"children": child_states()}), flush=True)
@@ -1090,19 +1095,7 @@ def test_upgrade_from_handler_during_standby_start(children, reaper):
 # after reexec() has stopped the standby and before the exec.
 READY_DURING_REEXEC_PROGRAM = r"""
 import json, os, sys, threading, time, fdpass
-def child_states():
-    states = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as stream:
-                fields = stream.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == os.getpid():
-            states.append(fields[0])
-    return states
+""" + CHILD_STATES_FUNCTION + r"""
 if os.environ.get("FDPASS_TEST_IMAGE") == "2":
     time.sleep(0.5)
     print(json.dumps({"children": child_states()}), flush=True)
