@@ -1594,11 +1594,12 @@ def _check_no_upgrade_running() -> None:
     upgrader = _active
     if upgrader is None or upgrader._owner_pid != os.getpid():
         return
-    with upgrader._lock:
-        running = upgrader._upgrading
+
+    # Read without _lock, which a signal handler that calls reexec() may
+    # have interrupted its own thread in.
     # NOTE: an upgrade() that another thread begins after this check, and
     # before the exec, is not caught.
-    if running:
+    if upgrader._upgrading:
         raise UpgradeError(
             "reexec() not allowed now: an upgrade() is running in this process; "
             "call reexec() after it returned or raised"

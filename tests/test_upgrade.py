@@ -589,6 +589,39 @@ def test_reexec_during_upgrade_raises(reaper, children):
     assert wait_reaped(result["new_pid"])
 
 
+# The SIGUSR1 handler runs inside write_pid_file(), while ready() holds the Upgrader's lock.
+REEXEC_IN_HANDLER_DURING_READY_PROGRAM = r"""
+import json, os, signal, sys, fdpass
+from fdpass import upgrade
+if os.environ.get("FDPASS_TEST_IMAGE") == "2":
+    print(json.dumps({"new_image": os.getpid()}), flush=True)
+    sys.exit(0)
+def restart(signum, frame):
+    os.environ["FDPASS_TEST_IMAGE"] = "2"
+    fdpass.reexec()
+signal.signal(signal.SIGUSR1, restart)
+original_write = upgrade.write_pid_file
+def write_after_signal(path, pid):
+    os.kill(os.getpid(), signal.SIGUSR1)
+    return original_write(path, pid)
+upgrade.write_pid_file = write_after_signal
+upgrader = fdpass.Upgrader(pid_file=sys.argv[1])
+upgrader.listen(("127.0.0.1", 0))
+upgrader.ready()
+"""
+
+
+def test_reexec_in_handler_during_ready(children, tmp_path):
+    """reexec() in a signal handler that interrupts ready() while it holds the Upgrader's lock restarts, not hangs."""
+    child = children.python("-c", REEXEC_IN_HANDLER_DURING_READY_PROGRAM, str(tmp_path / "app.pid"))
+
+    report = child.read_json(timeout=10)
+    status, _, stderr = child.finish()
+
+    assert status == 0, stderr
+    assert report["new_image"] == child.pid
+
+
 def test_ready_generation_outlives_its_deadline(start_generations):
     """ready() deletes the deadline timer: the new generation serves on past upgrade_timeout plus the grace."""
     generations = start_generations("--timeout", "1")
