@@ -1614,7 +1614,7 @@ def _stop_standby_before_exec() -> str | None:
     start that ready() left for after the parent's exit runs in another
     thread or on the event loop, so it is claimed here, a start in
     progress is waited for under _standby_lock, and later starts are
-    refused until _restart_standby_after_exec_failure().
+    rejected until _restart_standby_after_exec_failure().
 
     Returns:
         "stopped" if a standby ran, "claimed" if its start was still
