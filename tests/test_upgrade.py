@@ -589,10 +589,26 @@ def test_reexec_during_upgrade_raises(reaper, children):
     assert wait_reaped(result["new_pid"])
 
 
-# The SIGUSR1 handler runs inside write_pid_file(), while ready() holds the Upgrader's lock.
-REEXEC_IN_HANDLER_DURING_READY_PROGRAM = r"""
+# Defines send_signal_inside(module, name, signum): the next call of
+# module.name first sends signum to this process, so that the handler runs
+# inside that call, in the same thread.
+SIGNAL_INSIDE_FUNCTION = r"""
+def send_signal_inside(module, name, signum):
+    original = getattr(module, name)
+    def call_after_signal(*args):
+        setattr(module, name, original)
+        os.kill(os.getpid(), signum)
+        return original(*args)
+    setattr(module, name, call_after_signal)
+"""
+
+# argv[1] names the call that the SIGUSR1 handler interrupts:
+# "write_pid_file" runs in ready() under the Upgrader's lock, and "start"
+# in the standby start, under the standby lock.
+REEXEC_IN_HANDLER_PROGRAM = r"""
 import json, os, signal, sys, fdpass
-from fdpass import upgrade
+from fdpass import prestart, upgrade
+""" + SIGNAL_INSIDE_FUNCTION + r"""
 if os.environ.get("FDPASS_TEST_IMAGE") == "2":
     print(json.dumps({"new_image": os.getpid()}), flush=True)
     sys.exit(0)
@@ -600,20 +616,21 @@ def restart(signum, frame):
     os.environ["FDPASS_TEST_IMAGE"] = "2"
     fdpass.reexec()
 signal.signal(signal.SIGUSR1, restart)
-original_write = upgrade.write_pid_file
-def write_after_signal(path, pid):
-    os.kill(os.getpid(), signal.SIGUSR1)
-    return original_write(path, pid)
-upgrade.write_pid_file = write_after_signal
-upgrader = fdpass.Upgrader(pid_file=sys.argv[1])
+interrupted = sys.argv[1]
+send_signal_inside(prestart if interrupted == "start" else upgrade, interrupted, signal.SIGUSR1)
+upgrader = fdpass.Upgrader(pid_file=sys.argv[2], prestart=interrupted == "start")
 upgrader.listen(("127.0.0.1", 0))
 upgrader.ready()
 """
 
 
-def test_reexec_in_handler_during_ready(children, tmp_path):
-    """reexec() in a signal handler that interrupts ready() while it holds the Upgrader's lock restarts, not hangs."""
-    child = children.python("-c", REEXEC_IN_HANDLER_DURING_READY_PROGRAM, str(tmp_path / "app.pid"))
+@pytest.mark.parametrize(
+    "interrupted",
+    [pytest.param("write_pid_file", id="ready() under the lock"), pytest.param("start", id="standby start")],
+)
+def test_reexec_in_handler_restarts(children, tmp_path, interrupted):
+    """reexec() in a signal handler that interrupts a call holding an Upgrader lock restarts, instead of deadlocking."""
+    child = children.python("-c", REEXEC_IN_HANDLER_PROGRAM, interrupted, str(tmp_path / "app.pid"))
 
     report = child.read_json(timeout=10)
     status, _, stderr = child.finish()

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 from conftest import HELPERS, clean_environment, zombie_or_gone
-from test_upgrade import LoadClient, send_request
+from test_upgrade import SIGNAL_INSIDE_FUNCTION, LoadClient, send_request
 
 import fdpass
 from fdpass.prestart import REPORT_TIMEOUT
@@ -656,8 +656,27 @@ def test_stop_before_parent_exits_returns(start_run):
     assert running == []
 
 
+# Defines child_states(): the state of each child of this process, by PID,
+# from /proc: "Z" for a zombie.
+CHILD_STATES_FUNCTION = r"""
+def child_states():
+    states = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stream:
+                fields = stream.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == os.getpid():
+            states[entry] = fields[0]
+    return states
+"""
+
 REEXEC_WITH_STANDBY_PROGRAM = r"""
 import json, os, time, fdpass
+""" + CHILD_STATES_FUNCTION + r"""
 run = int(os.environ.get("FDPASS_TEST_RUN", "1"))
 upgrader = fdpass.Upgrader(prestart=True)
 upgrader.listen(("127.0.0.1", 0), name="http")
@@ -668,18 +687,7 @@ while upgrader.standby_pid is None and time.monotonic() < deadline:
 if run < 3:
     os.environ["FDPASS_TEST_RUN"] = str(run + 1)
     fdpass.reexec()
-children = {}
-for entry in os.listdir("/proc"):
-    if not entry.isdigit():
-        continue
-    try:
-        with open(f"/proc/{entry}/stat") as stream:
-            fields = stream.read().rsplit(")", 1)[1].split()
-    except FileNotFoundError:
-        continue
-    if fields[1] == str(os.getpid()):
-        children[entry] = fields[0]
-print(json.dumps({"standby": upgrader.standby_pid, "children": children}), flush=True)
+print(json.dumps({"standby": upgrader.standby_pid, "children": child_states()}), flush=True)
 upgrader.stop()
 """
 
@@ -972,23 +980,6 @@ def test_prestart_rejects_bad_values(prestart, error, named):
 
 # The new generation restarts in place as soon as its parent has exited,
 # while the thread that ready() started begins the standby's start.
-# The states of this process's children, from /proc: "Z" for a zombie.
-CHILD_STATES_FUNCTION = r"""
-def child_states():
-    states = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as stream:
-                fields = stream.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == os.getpid():
-            states.append(fields[0])
-    return states
-"""
-
 REEXEC_AT_PARENT_EXIT_PROGRAM = r"""
 import json, os, sys, time, fdpass
 """ + CHILD_STATES_FUNCTION + r"""
@@ -1019,46 +1010,13 @@ def test_reexec_at_parent_exit_leaves_no_standby(children, reaper, attempt):
     status, _, stderr = child.finish()
 
     assert status == 0, stderr
-    assert report["children"] == []
-
-
-# The SIGUSR1 handler runs inside prestart.start(), while _start_standby()
-# holds the standby lock in the same thread.
-REEXEC_IN_SIGNAL_HANDLER_PROGRAM = r"""
-import json, os, signal, sys, fdpass
-from fdpass import prestart
-if os.environ.get("FDPASS_TEST_IMAGE") == "2":
-    print(json.dumps({"new_image": os.getpid()}), flush=True)
-    sys.exit(0)
-def restart(signum, frame):
-    os.environ["FDPASS_TEST_IMAGE"] = "2"
-    fdpass.reexec()
-signal.signal(signal.SIGUSR1, restart)
-original_start = prestart.start
-def start_after_signal(modules):
-    os.kill(os.getpid(), signal.SIGUSR1)
-    return original_start(modules)
-prestart.start = start_after_signal
-upgrader = fdpass.Upgrader(prestart=True)
-upgrader.listen(("127.0.0.1", 0))
-upgrader.ready()
-"""
-
-
-def test_reexec_from_handler_during_standby_start(children):
-    """A signal handler that calls reexec() while its thread starts the standby restarts, instead of deadlocking."""
-    child = children.python("-c", REEXEC_IN_SIGNAL_HANDLER_PROGRAM)
-
-    report = child.read_json(timeout=10)
-    status, _, stderr = child.finish()
-
-    assert status == 0, stderr
-    assert report["new_image"] == child.pid
+    assert report["children"] == {}
 
 
 UPGRADE_IN_SIGNAL_HANDLER_PROGRAM = r"""
 import json, os, signal, sys, fdpass
 from fdpass import prestart
+""" + SIGNAL_INSIDE_FUNCTION + r"""
 upgrader = fdpass.Upgrader(upgrade_timeout=20, prestart=True)
 upgrader.listen(("127.0.0.1", 0))
 if upgrader.has_parent:
@@ -1068,12 +1026,7 @@ if upgrader.has_parent:
 def upgrade(signum, frame):
     print(json.dumps({"new_pid": upgrader.upgrade()}), flush=True)
 signal.signal(signal.SIGHUP, upgrade)
-original_start = prestart.start
-def start_after_signal(modules):
-    prestart.start = original_start
-    os.kill(os.getpid(), signal.SIGHUP)
-    return original_start(modules)
-prestart.start = start_after_signal
+send_signal_inside(prestart, "start", signal.SIGHUP)
 upgrader.ready()
 upgrader.stop()
 """
@@ -1125,21 +1078,17 @@ def test_ready_during_reexec_starts_no_standby(children):
     status, _, stderr = child.finish()
 
     assert status == 0, stderr
-    assert report["children"] == []
+    assert report["children"] == {}
 
 
 STOP_IN_HANDLER_DURING_START_PROGRAM = r"""
 import json, os, signal, fdpass
 from fdpass import prestart
+""" + SIGNAL_INSIDE_FUNCTION + r"""
 upgrader = fdpass.Upgrader(prestart=True)
 upgrader.listen(("127.0.0.1", 0))
 signal.signal(signal.SIGTERM, lambda signum, frame: upgrader.stop())
-original_start = prestart.start
-def start_after_signal(modules):
-    prestart.start = original_start
-    os.kill(os.getpid(), signal.SIGTERM)
-    return original_start(modules)
-prestart.start = start_after_signal
+send_signal_inside(prestart, "start", signal.SIGTERM)
 upgrader.ready()
 print(json.dumps({"standby_pid": upgrader.standby_pid}), flush=True)
 """
