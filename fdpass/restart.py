@@ -438,9 +438,14 @@ _INT_MAX = 2**31 - 1
 RESERVED_NAME_PREFIX = "fdpass-"
 
 
+# fdpass.upgrade's READY_FD_NAME and PARENT_FD_NAME, spelled out because that module imports this one.
+_READY_PIPE_NAME = "fdpass-ready"
+_PARENT_PIPE_NAME = "fdpass-parent"
+_UPGRADE_PIPE_NAMES = (_READY_PIPE_NAME, _PARENT_PIPE_NAME)
+
 # The names of the fds that fdpass itself passes: the state memfd and an
-# upgrade's readiness and parent pipes (fdpass.state and fdpass.upgrade).
-_OWN_FD_NAMES = frozenset({"fdpass-state", "fdpass-ready", "fdpass-parent"})
+# upgrade's readiness and parent pipes.
+_OWN_FD_NAMES = frozenset({state_module.STATE_FD_NAME, *_UPGRADE_PIPE_NAMES})
 
 
 def check_not_reserved(names: Sequence[str]) -> None:
@@ -801,7 +806,7 @@ def reexec(
         raise TypeError(f"env must be a mapping from str to str, not {type(env).__name__}: {env!r}")
     updates: dict[str, str] = {}
     if upgrade_pipes is not None:
-        updates.update(_upgrade_variables(upgrade_module, ready_due="fdpass-ready" in upgrade_pipes[0]))
+        updates.update(_upgrade_variables(upgrade_module, ready_due=_READY_PIPE_NAME in upgrade_pipes[0]))
     exec_cwd = None
     if argv is None:
         start = command.current()
@@ -947,8 +952,7 @@ def _inherited_upgrade_pipes() -> tuple[list[str], list[IO[bytes]]] | None:
     inherited = inherit()
     names: list[str] = []
     pipes: list[IO[bytes]] = []
-    # fdpass.upgrade's READY_FD_NAME and PARENT_FD_NAME, spelled out because that module imports this one.
-    for name in ("fdpass-ready", "fdpass-parent"):
+    for name in _UPGRADE_PIPE_NAMES:
         pipe = inherited.get(name)
         if pipe is None or isinstance(pipe, (int, socket.socket)) or pipe.closed:
             continue
