@@ -56,8 +56,8 @@ PARENT_PID_VARIABLE = "FDPASS_PARENT_PID"
 #: The environment variable with the time.monotonic_ns() at which a new
 #: generation that has not called ready() kills itself.
 READY_DEADLINE_VARIABLE = "FDPASS_READY_DEADLINE_NS"
-#: Set by reexec() once the readiness pipe is closed, to "ready" or "stopped":
-#: which call closed it, for the new image's Upgrader.
+#: The environment variable in which reexec() records, for the new image's Upgrader,
+#: which call closed the readiness pipe: "ready" or "stopped".
 READY_PIPE_CLOSED_VARIABLE = "FDPASS_READY_PIPE_CLOSED_IN"
 
 
@@ -1374,7 +1374,8 @@ class Upgrader:
                 return
             self._parent_gone = True
         with _active_lock:
-            first, _parent_exit_logged = not _parent_exit_logged, True
+            first = not _parent_exit_logged
+            _parent_exit_logged = True
 
         if first:
             _log.info("previous generation PID %s has exited", self._parent_pid)
@@ -1595,8 +1596,8 @@ def _check_no_upgrade_running() -> None:
     if upgrader is None or upgrader._owner_pid != os.getpid():
         return
 
-    # Read without _lock, which a signal handler that calls reexec() may
-    # have interrupted its own thread in.
+    # Read without _lock, because a signal handler that calls reexec() may
+    # run while its own thread holds that lock.
     # NOTE: an upgrade() that another thread begins after this check, and
     # before the exec, is not caught.
     if upgrader._upgrading:
@@ -1656,9 +1657,9 @@ def _restart_standby_after_exec_failure(stopped: str | None) -> None:
     if upgrader is None or upgrader._owner_pid != os.getpid():
         return
 
-    # In a signal handler that interrupted this thread's standby start, the
-    # lock is this thread's already, and that start goes on after the
-    # handler, once the claim that reexec() took is given back.
+    # In a signal handler that interrupted this thread's standby start, this
+    # thread holds the lock already. That start goes on after the handler,
+    # once the claim that reexec() took is given back.
     if upgrader._standby_lock_owner == threading.get_ident():
         upgrader._standby_exec_block = None
         if stopped == "claimed":

@@ -221,7 +221,7 @@ def test_reexec_inherited_passes_shared_names(children):
     assert arrived == [["unknown", ports[0]], ["unknown", ports[1]]]
 
 
-# Round 0 plays a service manager: it passes two sockets to its own exec,
+# Stage 0 plays a service manager: it passes two sockets to its own exec,
 # one under a name with fdpass's reserved prefix.
 SERVICE_MANAGER_NAME_PROGRAM = r"""
 import json, os, socket, sys, fdpass

@@ -1002,7 +1002,7 @@ fdpass.reexec()
 
 # The race is lost in only some runs, so the test repeats it.
 @pytest.mark.parametrize("attempt", range(6))
-def test_reexec_at_parent_exit_leaves_no_standby(children, reaper, attempt):
+def test_reexec_at_parent_exit_no_zombie(children, reaper, attempt):
     """reexec() right after the parent's exit stops the standby that is starting then, so the new image has no child."""
     child = children.python("-c", REEXEC_AT_PARENT_EXIT_PROGRAM)
 
@@ -1094,7 +1094,7 @@ print(json.dumps({"standby_pid": upgrader.standby_pid}), flush=True)
 """
 
 
-def test_stop_in_handler_during_start_keeps_no_standby(children):
+def test_stop_in_handler_drops_standby(children):
     """stop() in a signal handler that interrupts the standby start leaves no standby behind once the start ends."""
     child = children.python("-c", STOP_IN_HANDLER_DURING_START_PROGRAM)
 
