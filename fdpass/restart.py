@@ -165,7 +165,9 @@ def inherited_state() -> bytes | None:
     call reads it and closes the fd. Later calls return the same bytes.
 
     Returns:
-        The state, or None if the previous run passed none.
+        The state, or None if the previous run passed none. None also when
+        the fd of that name is not a sealed memfd, such as a pipe that a
+        service manager named so; that fd stays open.
 
     Raises:
         ValueError: as inherit() does, when the LISTEN_* variables are
@@ -176,10 +178,19 @@ def inherited_state() -> bytes | None:
     inherited = inherit()
     with _lock:
         carrier = inherited.get(state_module.STATE_FD_NAME)
-        # A socket under that name came from a service manager's
-        # FileDescriptorName=, not from fdpass, and is left alone.
         if _inherited_state is None and carrier is not None and not isinstance(carrier, socket.socket):
             fd = carrier if isinstance(carrier, int) else carrier.fileno()
+            if not state_module.is_state_fd(fd):
+                # A service manager's FileDescriptorName= can give any fd this
+                # name. Reading it would consume a pipe's data, and closing it
+                # would take the fd from the program, so it is left alone.
+                _log.warning(
+                    "inherited fd %d named %r is not the sealed memfd that reexec(state=...) or "
+                    "upgrade(state=...) passes, so inherited_state() returns None and leaves the fd open",
+                    fd,
+                    state_module.STATE_FD_NAME,
+                )
+                return None
             _inherited_state = state_module.read_state_fd(fd)
             if not isinstance(carrier, int):
                 carrier.close()
@@ -599,7 +610,7 @@ def _resolve_inherited(inherited: Inherited) -> _Resolved:
     for name, item in zip(inherited._names, inherited.objects, strict=True):
         if not name.startswith(RESERVED_NAME_PREFIX):
             names.append(name)
-        elif name in _OWN_FD_NAMES and not isinstance(item, socket.socket):
+        elif name in _OWN_FD_NAMES and _is_own_fd(name, item):
             continue
         else:
             names.append(protocol.DEFAULT_NAME)
@@ -610,6 +621,19 @@ def _resolve_inherited(inherited: Inherited) -> _Resolved:
 
     item_types = set(map(type, items))
     return _Resolved(items, item_types, _fd_numbers(items, item_types, label), names, label)
+
+
+def _is_own_fd(name: str, item: rebuild.FdObject) -> bool:
+    """Return True if item, inherited under one of _OWN_FD_NAMES, is fdpass's own fd rather than a service manager's."""
+    if isinstance(item, socket.socket):
+        return False
+    if name != state_module.STATE_FD_NAME:
+        return True
+
+    if isinstance(item, int):
+        return state_module.is_state_fd(item)
+    # inherited_state() closes the memfd's file object once it has read it.
+    return item.closed or state_module.is_state_fd(item.fileno())
 
 
 def flush_output() -> None:

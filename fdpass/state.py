@@ -45,6 +45,15 @@ def create_state_fd(state: bytes) -> int:
     return fd
 
 
+def is_state_fd(fd: int) -> bool:
+    """Return True if fd carries every seal that create_state_fd() adds, as only a sealed memfd can."""
+    try:
+        seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+    except OSError:
+        return False  # EINVAL: a pipe, socket or file that takes no seals
+    return seals & _SEALS == _SEALS
+
+
 def read_state_fd(fd: int) -> bytes:
     """Return the whole content of the file behind fd, read from offset 0.
 

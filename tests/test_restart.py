@@ -257,3 +257,41 @@ def test_reexec_inherited_keeps_service_manager_name(children):
 
     assert status == 0, stderr
     assert arrived == [["unknown", ports[0]], ["web", ports[1]]]
+
+
+# Stage 0 plays a service manager that passes a pipe under the name that
+# fdpass gives its state memfd.
+SERVICE_MANAGER_STATE_PIPE_PROGRAM = r"""
+import json, os, sys, fdpass
+stage = os.environ.get("FDPASS_TEST_ROUND", "0")
+if stage == "0":
+    read_end, write_end = os.pipe()
+    os.write(write_end, b"from the service manager")
+    os.close(write_end)
+    os.dup2(read_end, 3)
+    os.set_inheritable(3, True)
+    os.environ.update(LISTEN_FDS="1", LISTEN_PID=str(os.getpid()), LISTEN_FDNAMES="fdpass-state")
+    os.environ["FDPASS_TEST_ROUND"] = "1"
+    os.execv(sys.executable, [sys.executable, "-c", sys.argv[1], sys.argv[1]])
+inherited = fdpass.inherit()
+if stage == "1":
+    print(json.dumps(fdpass.inherited_state()), flush=True)
+    os.environ["FDPASS_TEST_ROUND"] = "2"
+    fdpass.reexec(inherited)
+pipe = inherited.objects[0]
+print(json.dumps([inherited.descriptions[0].name, pipe.read().decode()]), flush=True)
+"""
+
+
+def test_inherited_state_pipe_under_state_name(children):
+    """A pipe that a service manager named "fdpass-state" is not read as state, and reexec(inherit()) passes it on."""
+    child = children.python("-c", SERVICE_MANAGER_STATE_PIPE_PROGRAM, SERVICE_MANAGER_STATE_PIPE_PROGRAM)
+
+    state = child.read_json()
+    arrived = child.read_json()
+    status, _, stderr = child.finish()
+
+    assert status == 0, stderr
+    assert state is None
+    assert "is not the sealed memfd" in stderr
+    assert arrived == ["unknown", "from the service manager"]
