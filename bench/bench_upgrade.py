@@ -165,6 +165,11 @@ class Client:
         self._popen.stdin.write(command)
         self._popen.stdin.flush()
 
+    @property
+    def pid(self) -> int:
+        assert self._popen is not None
+        return self._popen.pid
+
     def resume(self) -> None:
         self._send(b"r")
 

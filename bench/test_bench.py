@@ -133,3 +133,22 @@ def test_constructor_cost_script(benchmark: Any) -> None:
     assert result.returncode == 0, result.stderr
     assert "| socket.socket(family, type, proto, fd) |" in result.stdout
     assert "| FD_CLOEXEC scan" in result.stdout
+
+
+def test_upgrade_timeline_script(benchmark: Any) -> None:
+    """bench/upgrade_timeline.py upgrades a prestart server twice and prints its table, with a standby's row."""
+    script = pathlib.Path(__file__).with_name("upgrade_timeline.py")
+
+    result = benchmark.pedantic(
+        subprocess.run,
+        args=([sys.executable, str(script), "--library", "fdpass-prestart", "--rounds", "2"],),
+        kwargs={"capture_output": True, "text": True, "timeout": 120},
+        rounds=1,
+        iterations=1,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert "| new | run-queue wait, ms |" in result.stdout
+    other_cpu = next(line for line in result.stdout.splitlines() if line.startswith("| other | CPU time, ms |"))
+    # The standby that each new generation starts is sampled as "other".
+    assert float(other_cpu.rstrip(" |").rsplit("|", 1)[1]) > 0, result.stdout
