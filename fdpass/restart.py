@@ -147,6 +147,7 @@ def inherit() -> Inherited:
             os.environ.pop(_socket_env.VARIABLE, None)
 
         _inherited = result
+        _own_fds.update(_find_own_fds(result))
         # NOTE: fdpass's own state memfd and parent pipe, when the program
         # never reads or closes them, are closed by the interpreter's final
         # collection, with a ResourceWarning under -X dev. An atexit hook
@@ -156,6 +157,48 @@ def inherit() -> Inherited:
 
 
 _inherited_state: bytes | None = None
+# fdpass's own fds among the inherited ones, by name. See _find_own_fds().
+_own_fds: dict[str, IO[bytes]] = {}
+
+
+def _find_own_fds(inherited: Inherited) -> dict[str, IO[bytes]]:
+    """Return the first inherited fd under each of _OWN_FD_NAMES that fdpass itself passed.
+
+    A service manager's FileDescriptorName= can give those names to any fd,
+    so each must prove its origin. A state memfd carries every seal that
+    create_state_fd() adds and is readable. upgrade() sets FDPASS_PARENT_PID
+    next to its pipes, and reexec() keeps it, so without the variable a pipe
+    under those names is not fdpass's. Every other fd under the names stays
+    with the program, with a warning, and reexec(inherit()) passes it on as "unknown".
+    """
+    parent_pid = os.environ.get(_PARENT_PID_VARIABLE, "")
+    from_upgrade = parent_pid.isascii() and parent_pid.isdigit() and int(parent_pid) > 0
+
+    own: dict[str, IO[bytes]] = {}
+    for name in sorted(_OWN_FD_NAMES):
+        for item in inherited.getall(name):
+            if name not in own and not isinstance(item, (int, socket.socket)):
+                if name == state_module.STATE_FD_NAME:
+                    is_own = state_module.is_state_fd(item.fileno())
+                else:
+                    is_own = from_upgrade
+                if is_own:
+                    own[name] = item
+                    continue
+            _log.warning(
+                "inherited fd %d named %r is not one that fdpass passed, so fdpass leaves it to the program, "
+                "and reexec(fdpass.inherit()) passes it on as %r",
+                item if isinstance(item, int) else item.fileno(),
+                name,
+                protocol.DEFAULT_NAME,
+            )
+    return own
+
+
+def own_fd(name: str) -> IO[bytes] | None:
+    """Return the inherited fd under name that fdpass itself passed (see _find_own_fds()), or None."""
+    inherit()
+    return _own_fds.get(name)
 
 
 def inherited_state() -> bytes | None:
@@ -165,35 +208,28 @@ def inherited_state() -> bytes | None:
     call reads it and closes the fd. Later calls return the same bytes.
 
     Returns:
-        The state, or None if the previous run passed none. None also when
-        the fd of that name is not a sealed memfd, such as a pipe that a
-        service manager named so; that fd stays open.
+        The state, or None if the previous run passed none. An fd of that
+        name that is not a sealed memfd, such as a pipe that a service
+        manager named so, is not read and stays open, so it also gives None.
 
     Raises:
         ValueError: as inherit() does, when the LISTEN_* variables are
-            malformed.
+            malformed. Or the program closed the memfd's file object from
+            inherit() before this call read it.
     """
     global _inherited_state
 
-    inherited = inherit()
+    carrier = own_fd(state_module.STATE_FD_NAME)
     with _lock:
-        carrier = inherited.get(state_module.STATE_FD_NAME)
-        if _inherited_state is None and carrier is not None and not isinstance(carrier, socket.socket):
-            fd = carrier if isinstance(carrier, int) else carrier.fileno()
-            if not state_module.is_state_fd(fd):
-                # A service manager's FileDescriptorName= can give any fd this
-                # name. Reading it would consume a pipe's data, and closing it
-                # would take the fd from the program, so it is left alone.
-                _log.warning(
-                    "inherited fd %d named %r is not the sealed memfd that reexec(state=...) or "
-                    "upgrade(state=...) passes, so inherited_state() returns None and leaves the fd open",
-                    fd,
-                    state_module.STATE_FD_NAME,
+        if _inherited_state is None and carrier is not None:
+            if carrier.closed:
+                raise ValueError(
+                    "inherited_state() cannot read the state: the program closed the file object of the "
+                    f"{state_module.STATE_FD_NAME!r} memfd from fdpass.inherit() before reading it"
                 )
-                return None
+            fd = carrier.fileno()
             _inherited_state = state_module.read_state_fd(fd)
-            if not isinstance(carrier, int):
-                carrier.close()
+            carrier.close()
             _log.debug("read %d bytes of inherited state", len(_inherited_state))
         return _inherited_state
 
@@ -326,7 +362,8 @@ def listen(
     free port.
 
     Raises:
-        TypeError, ValueError: address, type, backlog or name is malformed.
+        TypeError, ValueError: address, type, backlog or name is malformed,
+            or name starts with "fdpass-", which fdpass reserves for its own fds.
         OSError: the socket cannot be created or bound; the message names the
             address.
     """
@@ -338,6 +375,7 @@ def listen(
         raise ValueError(f"backlog must be a non-negative int or None, not {backlog!r}")
     if name is not None:
         protocol.validate_name(name)
+        check_not_reserved([name])
 
     inherited = inherit()
 
@@ -599,8 +637,8 @@ def _resolve_fds(fds: Sequence[FdLike] | Mapping[str, FdLike], *, check_repeats:
 def _resolve_inherited(inherited: Inherited) -> _Resolved:
     """Return every fd of inherited, several under one name included, except fdpass's own.
 
-    Mapping access would give one fd per name. fdpass's own fds (the state
-    memfd and an upgrade's pipes) are left out: reexec() passes the pipes
+    Mapping access would give one fd per name. fdpass's own fds, as
+    _find_own_fds() chose them, are left out: reexec() passes the pipes
     itself while they are due, and state=... makes a new memfd. Any other fd
     under a reserved name came from a service manager's
     FileDescriptorName=, and goes on as "unknown", as `fdpass run` passes it.
@@ -610,7 +648,7 @@ def _resolve_inherited(inherited: Inherited) -> _Resolved:
     for name, item in zip(inherited._names, inherited.objects, strict=True):
         if not name.startswith(RESERVED_NAME_PREFIX):
             names.append(name)
-        elif name in _OWN_FD_NAMES and _is_own_fd(name, item):
+        elif item is _own_fds.get(name):
             continue
         else:
             names.append(protocol.DEFAULT_NAME)
@@ -621,19 +659,6 @@ def _resolve_inherited(inherited: Inherited) -> _Resolved:
 
     item_types = set(map(type, items))
     return _Resolved(items, item_types, _fd_numbers(items, item_types, label), names, label)
-
-
-def _is_own_fd(name: str, item: rebuild.FdObject) -> bool:
-    """Return True if item, inherited under one of _OWN_FD_NAMES, is fdpass's own fd rather than a service manager's."""
-    if isinstance(item, socket.socket):
-        return False
-    if name != state_module.STATE_FD_NAME:
-        return True
-
-    if isinstance(item, int):
-        return state_module.is_state_fd(item)
-    # inherited_state() closes the memfd's file object once it has read it.
-    return item.closed or state_module.is_state_fd(item.fileno())
 
 
 def flush_output() -> None:
@@ -973,12 +998,11 @@ def _inherited_upgrade_pipes() -> tuple[list[str], list[IO[bytes]]] | None:
     ready(), the parent pipe alone goes on, so the new image still knows
     that the previous generation runs, and upgrade() waits for its exit.
     """
-    inherited = inherit()
     names: list[str] = []
     pipes: list[IO[bytes]] = []
     for name in _UPGRADE_PIPE_NAMES:
-        pipe = inherited.get(name)
-        if pipe is None or isinstance(pipe, (int, socket.socket)) or pipe.closed:
+        pipe = own_fd(name)
+        if pipe is None or pipe.closed:
             continue
         names.append(name)
         pipes.append(pipe)

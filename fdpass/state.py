@@ -46,12 +46,13 @@ def create_state_fd(state: bytes) -> int:
 
 
 def is_state_fd(fd: int) -> bool:
-    """Return True if fd carries every seal that create_state_fd() adds, as only a sealed memfd can."""
+    """Return True if fd is readable and carries every seal that create_state_fd() adds, as only a memfd can."""
     try:
         seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+        access_mode = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE
     except OSError:
         return False  # EINVAL: a pipe, socket or file that takes no seals
-    return seals & _SEALS == _SEALS
+    return seals & _SEALS == _SEALS and access_mode != os.O_WRONLY
 
 
 def read_state_fd(fd: int) -> bytes:

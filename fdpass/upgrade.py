@@ -238,13 +238,6 @@ def _pidfd_open(pid: int) -> int | None:
     return fd
 
 
-def _inherited_pipe(inherited: restart.Inherited, name: str) -> IO[bytes] | None:
-    pipe = inherited.get(name)
-    if pipe is None or isinstance(pipe, (int, socket.socket)):
-        return None
-    return pipe
-
-
 def _parent_pid() -> int:
     """Return the PID of the generation that started this one, and remove its variable.
 
@@ -372,7 +365,8 @@ class Upgrader:
 
             prestart_modules = prestart_module.check_prestart(prestart)
 
-        inherited = restart.inherit()
+        # Raises the ValueError for malformed LISTEN_* variables before any state changes.
+        restart.inherit()
 
         with _active_lock:
             if _active is not None:
@@ -413,11 +407,11 @@ class Upgrader:
         self._standby_claimed = threading.Event()
         self._standby_claimed.set()
 
-        ready_pipe = _inherited_pipe(inherited, READY_FD_NAME)
+        ready_pipe = restart.own_fd(READY_FD_NAME)
         # An earlier Upgrader's ready() or stop() closes the inherited pipe.
         self._ready_pipe_was_closed = ready_pipe is not None and ready_pipe.closed
         self._ready_pipe = None if self._ready_pipe_was_closed else ready_pipe
-        self._parent_pipe = _inherited_pipe(inherited, PARENT_FD_NAME)
+        self._parent_pipe = restart.own_fd(PARENT_FD_NAME)
         closed_in = os.environ.pop(READY_PIPE_CLOSED_VARIABLE, None)
         if ready_pipe is None and self._parent_pipe is not None:
             # An image before reexec() closed the pipe, which reexec() then
@@ -486,11 +480,9 @@ class Upgrader:
         Every socket returned here is passed to the next generation.
 
         Raises:
-            ValueError: name is one of the names fdpass reserves for its own
-                fds, or anything fdpass.listen() rejects.
+            TypeError, ValueError: as fdpass.listen() raises them, also for
+                a name that starts with "fdpass-".
         """
-        if isinstance(name, str):
-            restart.check_not_reserved([name])
         return restart.listen(address, type=type, backlog=backlog, name=name)
 
     def ready(self) -> None:

@@ -8,6 +8,7 @@ tests/helpers/inherit_report.py, which calls inherit() and reports.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import sys
 
@@ -230,3 +231,49 @@ def test_socket_named_state_is_not_read_as_state(children):
 
     assert status == 0, stderr
     assert report == {"state": None, "family": socket.AF_INET, "open": True}
+
+
+SERVICE_MANAGER_PIPES_PROGRAM = r"""
+import json, os, fdpass
+upgrader = fdpass.Upgrader()
+has_parent = upgrader.has_parent
+upgrader.ready()
+still_open = [fd for fd in (3, 4) if os.fstat(fd)]
+upgrader.stop()
+print(json.dumps({"has_parent": has_parent, "open": still_open}), flush=True)
+"""
+
+
+def test_service_manager_pipes_are_not_upgrade_pipes(children):
+    """Pipes that a service manager named fdpass-parent and fdpass-ready stay the program's, outside an upgrade."""
+    parent_read, parent_write = os.pipe()
+    ready_read, ready_write = os.pipe()
+    try:
+        config = json.dumps(
+            {"layout": {"3": parent_read, "4": ready_write}, "env": listen_env("2", "fdpass-parent:fdpass-ready")}
+        )
+        child = children.python(
+            HELPERS / "listen_launcher.py",
+            config,
+            sys.executable,
+            "-c",
+            SERVICE_MANAGER_PIPES_PROGRAM,
+            pass_fds=[parent_read, ready_write],
+        )
+        os.close(parent_read)
+        os.close(ready_write)
+        parent_read = ready_write = -1
+        report = child.read_json()
+        status, _, stderr = child.finish()
+
+        written = os.read(ready_read, 64)
+    finally:
+        for fd in (parent_read, parent_write, ready_read, ready_write):
+            if fd >= 0:
+                os.close(fd)
+
+    assert status == 0, stderr
+    assert report == {"has_parent": False, "open": [3, 4]}
+    assert written == b""
+    assert "inherited fd 3 named 'fdpass-parent' is not one that fdpass passed" in stderr
+    assert "inherited fd 4 named 'fdpass-ready' is not one that fdpass passed" in stderr

@@ -293,5 +293,77 @@ def test_inherited_state_pipe_under_state_name(children):
 
     assert status == 0, stderr
     assert state is None
-    assert "is not the sealed memfd" in stderr
+    assert "inherited fd 3 named 'fdpass-state' is not one that fdpass passed" in stderr
     assert arrived == ["unknown", "from the service manager"]
+
+
+# Stage 0 plays a service manager that passes a pipe and then a state memfd,
+# both under the name fdpass-state.
+STATE_AFTER_PIPE_PROGRAM = r"""
+import json, os, sys, fdpass
+from fdpass import state
+stage = os.environ.get("FDPASS_TEST_ROUND", "0")
+if stage == "0":
+    read_end, write_end = os.pipe()
+    os.write(write_end, b"from the service manager")
+    os.close(write_end)
+    memfd = state.create_state_fd(b"the real state")
+    # Through fds 20 and 21, so that neither move overwrites the other's source.
+    os.dup2(read_end, 20)
+    os.dup2(memfd, 21)
+    for source, target in ((20, 3), (21, 4)):
+        os.dup2(source, target)
+        os.close(source)
+    os.environ.update(LISTEN_FDS="2", LISTEN_PID=str(os.getpid()), LISTEN_FDNAMES="fdpass-state:fdpass-state")
+    os.environ["FDPASS_TEST_ROUND"] = "1"
+    os.execv(sys.executable, [sys.executable, "-c", sys.argv[1], sys.argv[1]])
+inherited = fdpass.inherit()
+if stage == "1":
+    print(json.dumps(fdpass.inherited_state().decode()), flush=True)
+    os.environ["FDPASS_TEST_ROUND"] = "2"
+    fdpass.reexec(inherited)
+print(json.dumps([[d.name, obj.read().decode()] for d, obj in zip(inherited.descriptions, inherited.objects)]), flush=True)
+"""
+
+
+def test_inherited_state_skips_pipe_before_memfd(children):
+    """A sealed memfd named fdpass-state after a pipe of that name is read, and reexec(inherit()) passes only the pipe."""
+    child = children.python("-c", STATE_AFTER_PIPE_PROGRAM, STATE_AFTER_PIPE_PROGRAM)
+
+    state = child.read_json()
+    arrived = child.read_json()
+    status, _, stderr = child.finish()
+
+    assert status == 0, stderr
+    assert state == "the real state"
+    assert arrived == [["unknown", "from the service manager"]]
+
+
+CLOSED_STATE_PROGRAM = r"""
+import json, os, sys, fdpass
+from fdpass import state
+if os.environ.get("FDPASS_TEST_ROUND") is None:
+    memfd = state.create_state_fd(b"lost")
+    os.dup2(memfd, 3)
+    # dup2() onto the same number keeps FD_CLOEXEC.
+    os.set_inheritable(3, True)
+    os.environ.update(LISTEN_FDS="1", LISTEN_PID=str(os.getpid()), LISTEN_FDNAMES="fdpass-state")
+    os.environ["FDPASS_TEST_ROUND"] = "1"
+    os.execv(sys.executable, [sys.executable, "-c", sys.argv[1], sys.argv[1]])
+fdpass.inherit()["fdpass-state"].close()
+try:
+    fdpass.inherited_state()
+except ValueError as error:
+    print(json.dumps(str(error)), flush=True)
+"""
+
+
+def test_inherited_state_after_program_closed_memfd(children):
+    """inherited_state() raises a ValueError that names the memfd when the program closed it before reading."""
+    child = children.python("-c", CLOSED_STATE_PROGRAM, CLOSED_STATE_PROGRAM)
+
+    message = child.read_json()
+    status, _, stderr = child.finish()
+
+    assert status == 0, stderr
+    assert "closed the file object of the 'fdpass-state' memfd" in message

@@ -245,11 +245,16 @@ def test_wait_exit_async_wakes_on_stop_from_thread():
 
 
 def test_listen_rejects_reserved_name():
-    """The fd names fdpass uses for its own pipes cannot name a listener."""
+    """The fd names fdpass uses for its own fds cannot name a listener, from fdpass.listen() or Upgrader.listen()."""
+    before = fdpass.restart.listeners()
+
     with fdpass.Upgrader() as upgrader:
-        for name in (upgrade.READY_FD_NAME, upgrade.PARENT_FD_NAME, state.STATE_FD_NAME, "fdpass-standby"):
-            with pytest.raises(ValueError, match="reserves for its own fds"):
-                upgrader.listen(("127.0.0.1", 0), name=name)
+        for listen in (fdpass.listen, upgrader.listen):
+            for name in (upgrade.READY_FD_NAME, upgrade.PARENT_FD_NAME, state.STATE_FD_NAME, "fdpass-standby"):
+                with pytest.raises(ValueError, match="reserves for its own fds"):
+                    listen(("127.0.0.1", 0), name=name)
+
+    assert fdpass.restart.listeners() == before
 
 
 def test_upgrade_rejects_bad_state_before_spawning():
