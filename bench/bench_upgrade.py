@@ -191,7 +191,11 @@ class Client:
         if self._popen is None:
             return
         try:
-            self._send(b"q")
+            try:
+                self._send(b"q")
+            except BrokenPipeError:
+                # The client has exited already, for example on the same Ctrl-C, so it sends no report.
+                return
             assert self._popen.stdout is not None
             report = json.loads(self._popen.stdout.readline() or b"{}")
             self.latencies = report.get("latencies", [])

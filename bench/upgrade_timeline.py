@@ -16,6 +16,9 @@ The table gives the mean per upgrade of each figure in each time bin.
 
 Usage: python bench/upgrade_timeline.py --library fdpass-prestart --python /path/to/python [--rounds 15]
 
+It imports bench/bench_upgrade.py, so the interpreter that runs it needs
+pytest, as the test extra installs it. The servers run on --python.
+
 It needs Linux with CONFIG_PROC_CHILDREN (/proc/PID/task/TID/children) and
 /proc/PID/schedstat. The sampling itself costs CPU: 0.22 ms per sample of
 four processes on a 2-core AMD EPYC VM, about 4 % of one core. So compare
@@ -42,6 +45,8 @@ WINDOW_SECONDS = 0.6
 #: standby when the old generation exits, about 55 ms after SIGHUP.
 BIN_EDGES = (0.0, 0.01, 0.05, 0.07, 0.1, 0.15, 0.2, 0.3, WINDOW_SECONDS)
 ROLES = ("old", "new", "other", "client")
+#: The servers of bench/upgrade_server.py, which upgrade on SIGHUP.
+LIBRARIES = ("fdpass", "fdpass-prestart", "fdpass-threads", "tableflip")
 FIGURES = (("wait", "run-queue wait, ms"), ("cpu", "CPU time, ms"), ("switches", "involuntary switches"))
 
 
@@ -167,13 +172,21 @@ def reap_orphans() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--library", required=True, help="a side of upgrade_server.py, such as fdpass-prestart")
+    parser.add_argument("--library", required=True, choices=LIBRARIES, help="the server of upgrade_server.py")
     parser.add_argument("--python", default=sys.executable, help="interpreter that runs the server and client")
     parser.add_argument("--rounds", type=int, default=15, help="upgrades to sample (default: 15)")
     parser.add_argument("--interval", type=float, default=0.3, help="seconds between rounds (default: 0.3)")
     args = parser.parse_args()
     if not 1 <= args.rounds <= 1000:
         parser.error(f"--rounds must be between 1 and 1000, not {args.rounds}")
+    if not 0 <= args.interval <= 60:
+        parser.error(f"--interval must be between 0 and 60 seconds, not {args.interval}")
+    if not os.access(args.python, os.X_OK) or os.path.isdir(args.python):
+        parser.error(f"--python {args.python!r} is not an executable file")
+
+    # SIGTERM and SIGHUP would end this process without the cleanup in run(), which kills the servers.
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, lambda received, frame: sys.exit(128 + received))
 
     # Orphans, such as a generation whose parent exited, are reparented here and reaped by reap_orphans().
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
