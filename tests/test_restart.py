@@ -322,12 +322,13 @@ if stage == "1":
     print(json.dumps(fdpass.inherited_state().decode()), flush=True)
     os.environ["FDPASS_TEST_ROUND"] = "2"
     fdpass.reexec(inherited)
-print(json.dumps([[d.name, obj.read().decode()] for d, obj in zip(inherited.descriptions, inherited.objects)]), flush=True)
+arrived = [[d.name, obj.read().decode()] for d, obj in zip(inherited.descriptions, inherited.objects)]
+print(json.dumps(arrived), flush=True)
 """
 
 
 def test_inherited_state_skips_pipe_before_memfd(children):
-    """A sealed memfd named fdpass-state after a pipe of that name is read, and reexec(inherit()) passes only the pipe."""
+    """A sealed memfd named fdpass-state after a pipe of that name is read; reexec(inherit()) passes only the pipe."""
     child = children.python("-c", STATE_AFTER_PIPE_PROGRAM, STATE_AFTER_PIPE_PROGRAM)
 
     state = child.read_json()
