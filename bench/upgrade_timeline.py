@@ -1,4 +1,4 @@
-"""Where an upgrade's CPU goes, by time since SIGHUP: the scheduler's view of bench_upgrade.py's server.
+"""Scheduler counters of every process in an upgrade of bench_upgrade.py's server, by time since SIGHUP.
 
 bench_upgrade.py reports the client's p99; this script shows what causes
 its slow requests. It runs one side's server (bench/upgrade_server.py) and

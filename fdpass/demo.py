@@ -168,7 +168,7 @@ def _continue_after_restart(sock: socket.socket, rounds: int) -> int:
     print(f"[pid {os.getpid()}] round {round_number}: new image adopted the connection "
           f"{sock.getsockname()} -> {sock.getpeername()} in {latency_ms:.1f} ms "
           f"(reexec() call to inherit() return, same PID: {os.getpid() == pid_before})")
-    print(f"[pid {os.getpid()}] round {round_number}: read {len(body)} body bytes from the kernel buffer, "
+    print(f"[pid {os.getpid()}] round {round_number}: read {len(body)} body bytes from the connection, "
           f"SHA-256 {digest[:16]}..., {'intact' if intact else 'CORRUPTED'}")
     if not intact:
         sock.close()

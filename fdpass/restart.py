@@ -371,8 +371,10 @@ def listen(
     from fdpass.addresses import bind_new_socket, matches_bound_address, resolve
 
     target = resolve(address, type)
-    if backlog is not None and (isinstance(backlog, bool) or not isinstance(backlog, int) or backlog < 0):
-        raise ValueError(f"backlog must be a non-negative int or None, not {backlog!r}")
+    if backlog is not None and (
+        isinstance(backlog, bool) or not isinstance(backlog, int) or not 0 <= backlog <= _INT_MAX
+    ):
+        raise ValueError(f"backlog must be an int from 0 to {_INT_MAX}, or None, not {backlog!r}")
     if name is not None:
         protocol.validate_name(name)
         check_not_reserved([name])

@@ -336,3 +336,12 @@ def test_port_zero_after_restart(port_zero_runs):
     assert ports["unnamed_three"] not in {first["ports"][label] for label in passed}
     assert len(set(ports.values())) == len(ports), ports
     assert all(second["inherited"][label] for label in ("admin", "metrics", "unnamed_one", "unnamed_two"))
+
+
+@pytest.mark.parametrize("backlog", [-1, 2**31, 2**40, True, 1.5, "5"])
+def test_bad_backlog_rejected(backlog):
+    """A backlog outside 0 to INT_MAX, or not an int, raises a ValueError that names it, before anything is bound."""
+    with pytest.raises(ValueError) as raised:
+        fdpass.listen(("127.0.0.1", 0), backlog=backlog)
+
+    assert f"backlog must be an int from 0 to 2147483647, or None, not {backlog!r}" in str(raised.value)
