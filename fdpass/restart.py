@@ -807,9 +807,10 @@ def reexec(
             to fd. An fd is an int, a socket, a file object or anything with
             fileno(). Empty means every open socket that listen() returned.
             The Inherited from inherit() passes every fd it holds, several
-            under one name included, except fdpass's own: a non-socket fd
-            named "fdpass-state", "fdpass-ready" or "fdpass-parent". Any
-            other fd under an "fdpass-" name goes on as "unknown".
+            under one name included, except fdpass's own: the state memfd
+            and an upgrade's "fdpass-ready" and "fdpass-parent" pipes, as
+            inherit() identified them. Any other fd under an "fdpass-" name
+            goes on as "unknown".
         argv: the new argv; None re-runs this program with its original
             interpreter options and arguments (see fdpass.command).
         executable: the file to execute; None means sys.executable when argv
