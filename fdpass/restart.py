@@ -146,8 +146,10 @@ def inherit() -> Inherited:
             protocol.clear(os.environ)
             os.environ.pop(_socket_env.VARIABLE, None)
 
-        _inherited = result
+        # Before _inherited is set, so that a signal handler whose reexec()
+        # finds the cached result also finds the upgrade pipes in it.
         _own_fds.update(_find_own_fds(result))
+        _inherited = result
         # NOTE: fdpass's own state memfd and parent pipe, when the program
         # never reads or closes them, are closed by the interpreter's final
         # collection, with a ResourceWarning under -X dev. An atexit hook
@@ -162,18 +164,14 @@ _own_fds: dict[str, IO[bytes]] = {}
 
 
 def _find_own_fds(inherited: Inherited) -> dict[str, IO[bytes]]:
-    """Return the first inherited fd under each of _OWN_FD_NAMES that fdpass itself passed.
+    """Return the first inherited fd under each of _OWN_FD_NAMES that can be fdpass's own.
 
-    A service manager's FileDescriptorName= can give those names to any fd,
-    so each must prove its origin. A state memfd carries every seal that
-    create_state_fd() adds and is readable. upgrade() sets FDPASS_PARENT_PID
-    next to its pipes, and reexec() keeps it, so without the variable a pipe
-    under those names is not fdpass's. Every other fd under the names stays
-    with the program, with a warning, and reexec(inherit()) passes it on as "unknown".
+    A service manager's FileDescriptorName= can give those names to any fd.
+    Under "fdpass-state", only a readable memfd with every seal that
+    create_state_fd() adds counts, and under the upgrade pipes' names only a
+    pipe. Every other fd under the names stays with the program, with a
+    warning, and reexec(inherit()) passes it on as "unknown".
     """
-    parent_pid = os.environ.get(_PARENT_PID_VARIABLE, "")
-    from_upgrade = parent_pid.isascii() and parent_pid.isdigit() and int(parent_pid) > 0
-
     own: dict[str, IO[bytes]] = {}
     for name in sorted(_OWN_FD_NAMES):
         for item in inherited.getall(name):
@@ -181,13 +179,17 @@ def _find_own_fds(inherited: Inherited) -> dict[str, IO[bytes]]:
                 if name == state_module.STATE_FD_NAME:
                     is_own = state_module.is_state_fd(item.fileno())
                 else:
-                    is_own = from_upgrade
+                    # NOTE: a pipe that a service manager named so is taken
+                    # as an upgrade's pipe. FDPASS_PARENT_PID could tell
+                    # them apart, but a program that cleans its environment
+                    # before inherit() would then lose a real upgrade's pipes.
+                    is_own = stat.S_ISFIFO(os.fstat(item.fileno()).st_mode)
                 if is_own:
                     own[name] = item
                     continue
             _log.warning(
-                "inherited fd %d named %r is not one that fdpass passed, so fdpass leaves it to the program, "
-                "and reexec(fdpass.inherit()) passes it on as %r",
+                "inherited fd %d named %r is not one that fdpass passes under that name, so fdpass leaves it "
+                "to the program, and reexec(fdpass.inherit()) passes it on as %r",
                 item if isinstance(item, int) else item.fileno(),
                 name,
                 protocol.DEFAULT_NAME,

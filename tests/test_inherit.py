@@ -233,7 +233,7 @@ def test_socket_named_state_is_not_read_as_state(children):
     assert report == {"state": None, "family": socket.AF_INET, "open": True}
 
 
-SERVICE_MANAGER_PIPES_PROGRAM = r"""
+SERVICE_MANAGER_FILES_PROGRAM = r"""
 import json, os, fdpass
 upgrader = fdpass.Upgrader()
 has_parent = upgrader.has_parent
@@ -244,36 +244,32 @@ print(json.dumps({"has_parent": has_parent, "open": still_open}), flush=True)
 """
 
 
-def test_service_manager_pipes_are_not_upgrade_pipes(children):
-    """Pipes that a service manager named fdpass-parent and fdpass-ready stay the program's, outside an upgrade."""
-    parent_read, parent_write = os.pipe()
-    ready_read, ready_write = os.pipe()
+def test_service_manager_files_are_not_upgrade_pipes(children, tmp_path):
+    """A file named fdpass-parent and a memfd named fdpass-ready stay the program's: only pipes carry an upgrade."""
+    parent_file = os.open(tmp_path / "parent", os.O_RDONLY | os.O_CREAT)
+    ready_memfd = os.memfd_create("manager", 0)
     try:
         config = json.dumps(
-            {"layout": {"3": parent_read, "4": ready_write}, "env": listen_env("2", "fdpass-parent:fdpass-ready")}
+            {"layout": {"3": parent_file, "4": ready_memfd}, "env": listen_env("2", "fdpass-parent:fdpass-ready")}
         )
         child = children.python(
             HELPERS / "listen_launcher.py",
             config,
             sys.executable,
             "-c",
-            SERVICE_MANAGER_PIPES_PROGRAM,
-            pass_fds=[parent_read, ready_write],
+            SERVICE_MANAGER_FILES_PROGRAM,
+            pass_fds=[parent_file, ready_memfd],
         )
-        os.close(parent_read)
-        os.close(ready_write)
-        parent_read = ready_write = -1
         report = child.read_json()
         status, _, stderr = child.finish()
 
-        written = os.read(ready_read, 64)
+        written = os.pread(ready_memfd, 64, 0)
     finally:
-        for fd in (parent_read, parent_write, ready_read, ready_write):
-            if fd >= 0:
-                os.close(fd)
+        os.close(parent_file)
+        os.close(ready_memfd)
 
     assert status == 0, stderr
     assert report == {"has_parent": False, "open": [3, 4]}
     assert written == b""
-    assert "inherited fd 3 named 'fdpass-parent' is not one that fdpass passed" in stderr
-    assert "inherited fd 4 named 'fdpass-ready' is not one that fdpass passed" in stderr
+    assert "inherited fd 3 named 'fdpass-parent' is not one that fdpass passes under that name" in stderr
+    assert "inherited fd 4 named 'fdpass-ready' is not one that fdpass passes under that name" in stderr

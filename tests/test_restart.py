@@ -293,7 +293,7 @@ def test_inherited_state_pipe_under_state_name(children):
 
     assert status == 0, stderr
     assert state is None
-    assert "inherited fd 3 named 'fdpass-state' is not one that fdpass passed" in stderr
+    assert "inherited fd 3 named 'fdpass-state' is not one that fdpass passes under that name" in stderr
     assert arrived == ["unknown", "from the service manager"]
 
 
