@@ -168,9 +168,10 @@ def _find_own_fds(inherited: Inherited) -> dict[str, IO[bytes]]:
 
     A service manager's FileDescriptorName= can give those names to any fd.
     Under "fdpass-state", only a readable memfd with every seal that
-    create_state_fd() adds counts, and under the upgrade pipes' names only a
-    pipe. Every other fd under the names stays with the program, with a
-    warning, and reexec(inherit()) passes it on as "unknown".
+    create_state_fd() adds counts. Under "fdpass-ready" only a pipe's write
+    end counts, and under "fdpass-parent" only a pipe's read end. Every
+    other fd under the names stays with the program, with a warning, and
+    reexec(inherit()) passes it on as "unknown".
     """
     own: dict[str, IO[bytes]] = {}
     for name in sorted(_OWN_FD_NAMES):
@@ -183,7 +184,10 @@ def _find_own_fds(inherited: Inherited) -> dict[str, IO[bytes]]:
                     # as an upgrade's pipe. FDPASS_PARENT_PID could tell
                     # them apart, but a program that cleans its environment
                     # before inherit() would then lose a real upgrade's pipes.
-                    is_own = stat.S_ISFIFO(os.fstat(item.fileno()).st_mode)
+                    fd = item.fileno()
+                    access_mode = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE
+                    expected_mode = os.O_WRONLY if name == _READY_PIPE_NAME else os.O_RDONLY
+                    is_own = stat.S_ISFIFO(os.fstat(fd).st_mode) and access_mode == expected_mode
                 if is_own:
                     own[name] = item
                     continue
@@ -198,7 +202,7 @@ def _find_own_fds(inherited: Inherited) -> dict[str, IO[bytes]]:
 
 
 def own_fd(name: str) -> IO[bytes] | None:
-    """Return the inherited fd under name that fdpass itself passed (see _find_own_fds()), or None."""
+    """Return the inherited fd under name that fdpass takes as its own (see _find_own_fds()), or None."""
     inherit()
     return _own_fds.get(name)
 
@@ -1080,7 +1084,7 @@ def _parent_generation_pid() -> int:
     names a reaper. The first Upgrader moves the value out of os.environ.
     """
     text = os.environ.get("FDPASS_PARENT_PID", "")
-    if text.isascii() and text.isdigit() and int(text) > 0:
+    if text.isascii() and text.isdigit() and len(text) <= 10 and int(text) > 0:
         return int(text)
     cached = getattr(sys.modules.get("fdpass.upgrade"), "_inherited_parent_pid", None)
     if isinstance(cached, int):

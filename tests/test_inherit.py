@@ -244,13 +244,22 @@ print(json.dumps({"has_parent": has_parent, "open": still_open}), flush=True)
 """
 
 
-def test_service_manager_files_are_not_upgrade_pipes(children, tmp_path):
-    """A file named fdpass-parent and a memfd named fdpass-ready stay the program's: only pipes carry an upgrade."""
-    parent_file = os.open(tmp_path / "parent", os.O_RDONLY | os.O_CREAT)
-    ready_memfd = os.memfd_create("manager", 0)
+def open_file_and_memfd(tmp_path):
+    return os.open(tmp_path / "parent", os.O_RDONLY | os.O_CREAT), os.memfd_create("manager", 0)
+
+
+def open_pipe_ends_reversed(tmp_path):
+    read_end, write_end = os.pipe()
+    return write_end, read_end
+
+
+@pytest.mark.parametrize("open_fds", [open_file_and_memfd, open_pipe_ends_reversed])
+def test_service_manager_fds_are_not_upgrade_pipes(children, tmp_path, open_fds):
+    """A file, memfd or wrong pipe end under fdpass-parent or fdpass-ready stays the program's, not the Upgrader's."""
+    parent_fd, ready_fd = open_fds(tmp_path)
     try:
         config = json.dumps(
-            {"layout": {"3": parent_file, "4": ready_memfd}, "env": listen_env("2", "fdpass-parent:fdpass-ready")}
+            {"layout": {"3": parent_fd, "4": ready_fd}, "env": listen_env("2", "fdpass-parent:fdpass-ready")}
         )
         child = children.python(
             HELPERS / "listen_launcher.py",
@@ -258,18 +267,15 @@ def test_service_manager_files_are_not_upgrade_pipes(children, tmp_path):
             sys.executable,
             "-c",
             SERVICE_MANAGER_FILES_PROGRAM,
-            pass_fds=[parent_file, ready_memfd],
+            pass_fds=[parent_fd, ready_fd],
         )
         report = child.read_json()
         status, _, stderr = child.finish()
-
-        written = os.pread(ready_memfd, 64, 0)
     finally:
-        os.close(parent_file)
-        os.close(ready_memfd)
+        os.close(parent_fd)
+        os.close(ready_fd)
 
     assert status == 0, stderr
     assert report == {"has_parent": False, "open": [3, 4]}
-    assert written == b""
     assert "inherited fd 3 named 'fdpass-parent' is not one that fdpass passes under that name" in stderr
     assert "inherited fd 4 named 'fdpass-ready' is not one that fdpass passes under that name" in stderr

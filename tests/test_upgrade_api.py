@@ -405,3 +405,12 @@ def test_parent_exit_logged_once(caplog, monkeypatch):
 
     exits = [record.getMessage() for record in caplog.records if "has exited" in record.getMessage()]
     assert exits == ["previous generation PID 4242 has exited"]
+
+
+def test_parent_pid_variable_with_huge_number(monkeypatch):
+    """A 5000-digit FDPASS_PARENT_PID is no PID, so the parent is os.getppid(), with no error from int()'s limit."""
+    monkeypatch.setenv(upgrade.PARENT_PID_VARIABLE, "9" * 5000)
+    monkeypatch.setattr(upgrade, "_inherited_parent_pid", None)
+
+    assert fdpass.restart._parent_generation_pid() == os.getppid()
+    assert upgrade._parent_pid() == os.getppid()
