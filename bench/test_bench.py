@@ -118,17 +118,22 @@ def test_report_and_plot(benchmark: Any, tmp_path: pathlib.Path) -> None:
     assert plot.read_bytes().startswith(b"\x89PNG")
 
 
-def test_constructor_cost_script(benchmark: Any) -> None:
-    """bench/constructor_cost.py, which bounds the rebuild ratio, runs and prints its table."""
-    script = pathlib.Path(__file__).with_name("constructor_cost.py")
-
-    result = benchmark.pedantic(
+def run_script(benchmark: Any, name: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run bench/NAME with args once under benchmark, on this interpreter; return the finished process."""
+    script = pathlib.Path(__file__).with_name(name)
+    result: subprocess.CompletedProcess[str] = benchmark.pedantic(
         subprocess.run,
-        args=([sys.executable, str(script), "--sockets", "50", "--repeats", "1"],),
+        args=([sys.executable, str(script), *args],),
         kwargs={"capture_output": True, "text": True, "timeout": 120},
         rounds=1,
         iterations=1,
     )
+    return result
+
+
+def test_constructor_cost_script(benchmark: Any) -> None:
+    """bench/constructor_cost.py, which bounds the rebuild ratio, runs and prints its table."""
+    result = run_script(benchmark, "constructor_cost.py", "--sockets", "50", "--repeats", "1")
 
     assert result.returncode == 0, result.stderr
     assert "| socket.socket(family, type, proto, fd) |" in result.stdout
@@ -137,15 +142,7 @@ def test_constructor_cost_script(benchmark: Any) -> None:
 
 def test_upgrade_timeline_script(benchmark: Any) -> None:
     """bench/upgrade_timeline.py upgrades a prestart server twice and prints its table, with a standby's row."""
-    script = pathlib.Path(__file__).with_name("upgrade_timeline.py")
-
-    result = benchmark.pedantic(
-        subprocess.run,
-        args=([sys.executable, str(script), "--library", "fdpass-prestart", "--rounds", "2"],),
-        kwargs={"capture_output": True, "text": True, "timeout": 120},
-        rounds=1,
-        iterations=1,
-    )
+    result = run_script(benchmark, "upgrade_timeline.py", "--library", "fdpass-prestart", "--rounds", "2")
 
     assert result.returncode == 0, result.stderr
     assert "| new | run-queue wait, ms |" in result.stdout
