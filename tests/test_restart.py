@@ -221,23 +221,32 @@ def test_reexec_inherited_passes_shared_names(children):
     assert arrived == [["unknown", ports[0]], ["unknown", ports[1]]]
 
 
-# Stage 0 plays a service manager: it passes two sockets to its own exec,
-# one under a name with fdpass's reserved prefix.
+# Defines exec_as_passed(fds, names) for a test program's stage 0, which
+# plays a service manager. It puts fds on 3, 4, ... with LISTEN_* naming
+# them and executes the program again as stage 1, from the code in sys.argv[1].
+EXEC_AS_PASSED_FUNCTION = r"""
+def exec_as_passed(fds, names):
+    import fcntl
+    # Copies above every target first, so that no move overwrites another's source.
+    copies = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 100) for fd in fds]
+    for target, copy in enumerate(copies, 3):
+        os.dup2(copy, target)
+    os.environ.update(LISTEN_FDS=str(len(fds)), LISTEN_PID=str(os.getpid()), LISTEN_FDNAMES=":".join(names))
+    os.environ["FDPASS_TEST_ROUND"] = "1"
+    os.execv(sys.executable, [sys.executable, "-c", sys.argv[1], sys.argv[1]])
+"""
+
+
+# Stage 0 passes two sockets, one under a name with fdpass's reserved prefix.
 SERVICE_MANAGER_NAME_PROGRAM = r"""
 import json, os, socket, sys, fdpass
+""" + EXEC_AS_PASSED_FUNCTION + r"""
 stage = os.environ.get("FDPASS_TEST_ROUND", "0")
 if stage == "0":
     first = socket.create_server(("127.0.0.1", 0))
     second = socket.create_server(("127.0.0.1", 0))
     print(json.dumps([first.getsockname()[1], second.getsockname()[1]]), flush=True)
-    os.dup2(first.fileno(), 3)
-    os.dup2(second.fileno(), 4)
-    # dup2() onto the same number keeps FD_CLOEXEC, and fd 3 may already be first's.
-    os.set_inheritable(3, True)
-    os.set_inheritable(4, True)
-    os.environ.update(LISTEN_FDS="2", LISTEN_PID=str(os.getpid()), LISTEN_FDNAMES="fdpass-x:web")
-    os.environ["FDPASS_TEST_ROUND"] = "1"
-    os.execv(sys.executable, [sys.executable, "-c", sys.argv[1], sys.argv[1]])
+    exec_as_passed([first.fileno(), second.fileno()], ["fdpass-x", "web"])
 inherited = fdpass.inherit()
 if stage == "1":
     os.environ["FDPASS_TEST_ROUND"] = "2"
@@ -259,20 +268,16 @@ def test_reexec_inherited_keeps_service_manager_name(children):
     assert arrived == [["unknown", ports[0]], ["web", ports[1]]]
 
 
-# Stage 0 plays a service manager that passes a pipe under the name that
-# fdpass gives its state memfd.
+# Stage 0 passes a pipe under the name that fdpass gives its state memfd.
 SERVICE_MANAGER_STATE_PIPE_PROGRAM = r"""
 import json, os, sys, fdpass
+""" + EXEC_AS_PASSED_FUNCTION + r"""
 stage = os.environ.get("FDPASS_TEST_ROUND", "0")
 if stage == "0":
     read_end, write_end = os.pipe()
     os.write(write_end, b"from the service manager")
     os.close(write_end)
-    os.dup2(read_end, 3)
-    os.set_inheritable(3, True)
-    os.environ.update(LISTEN_FDS="1", LISTEN_PID=str(os.getpid()), LISTEN_FDNAMES="fdpass-state")
-    os.environ["FDPASS_TEST_ROUND"] = "1"
-    os.execv(sys.executable, [sys.executable, "-c", sys.argv[1], sys.argv[1]])
+    exec_as_passed([read_end], ["fdpass-state"])
 inherited = fdpass.inherit()
 if stage == "1":
     print(json.dumps(fdpass.inherited_state()), flush=True)
@@ -297,26 +302,18 @@ def test_inherited_state_pipe_under_state_name(children):
     assert arrived == ["unknown", "from the service manager"]
 
 
-# Stage 0 plays a service manager that passes a pipe and then a state memfd,
-# both under the name fdpass-state.
+# Stage 0 passes a pipe and then a state memfd, both under the name fdpass-state.
 STATE_AFTER_PIPE_PROGRAM = r"""
 import json, os, sys, fdpass
 from fdpass import state
+""" + EXEC_AS_PASSED_FUNCTION + r"""
 stage = os.environ.get("FDPASS_TEST_ROUND", "0")
 if stage == "0":
     read_end, write_end = os.pipe()
     os.write(write_end, b"from the service manager")
     os.close(write_end)
     memfd = state.create_state_fd(b"the real state")
-    # Through fds 20 and 21, so that neither move overwrites the other's source.
-    os.dup2(read_end, 20)
-    os.dup2(memfd, 21)
-    for source, target in ((20, 3), (21, 4)):
-        os.dup2(source, target)
-        os.close(source)
-    os.environ.update(LISTEN_FDS="2", LISTEN_PID=str(os.getpid()), LISTEN_FDNAMES="fdpass-state:fdpass-state")
-    os.environ["FDPASS_TEST_ROUND"] = "1"
-    os.execv(sys.executable, [sys.executable, "-c", sys.argv[1], sys.argv[1]])
+    exec_as_passed([read_end, memfd], ["fdpass-state", "fdpass-state"])
 inherited = fdpass.inherit()
 if stage == "1":
     print(json.dumps(fdpass.inherited_state().decode()), flush=True)
@@ -343,14 +340,9 @@ def test_inherited_state_skips_pipe_before_memfd(children):
 CLOSED_STATE_PROGRAM = r"""
 import json, os, sys, fdpass
 from fdpass import state
+""" + EXEC_AS_PASSED_FUNCTION + r"""
 if os.environ.get("FDPASS_TEST_ROUND") is None:
-    memfd = state.create_state_fd(b"lost")
-    os.dup2(memfd, 3)
-    # dup2() onto the same number keeps FD_CLOEXEC.
-    os.set_inheritable(3, True)
-    os.environ.update(LISTEN_FDS="1", LISTEN_PID=str(os.getpid()), LISTEN_FDNAMES="fdpass-state")
-    os.environ["FDPASS_TEST_ROUND"] = "1"
-    os.execv(sys.executable, [sys.executable, "-c", sys.argv[1], sys.argv[1]])
+    exec_as_passed([state.create_state_fd(b"lost")], ["fdpass-state"])
 fdpass.inherit()["fdpass-state"].close()
 try:
     fdpass.inherited_state()
