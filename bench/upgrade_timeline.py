@@ -189,7 +189,8 @@ def main() -> None:
         signal.signal(signum, lambda received, frame: sys.exit(128 + received))
 
     # Orphans, such as a generation whose parent exited, are reparented here and reaped by reap_orphans().
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        sys.exit(f"prctl(PR_SET_CHILD_SUBREAPER) failed: {os.strerror(ctypes.get_errno())}")
     totals = run(args.python, args.library, args.rounds, args.interval)
 
     edges = [f"{low * 1000:g}-{high * 1000:g}" for low, high in itertools.pairwise(BIN_EDGES)]
