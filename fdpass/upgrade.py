@@ -1089,6 +1089,13 @@ class Upgrader:
             standby, self._standby = self._standby, None
         return standby
 
+    def _block_standby_for_exec(self) -> bool:
+        """Claim the start ready() left pending and reject later ones until the exec; return whether one was pending."""
+        pending = not self._standby_claimed.is_set()
+        self._standby_claimed.set()
+        self._standby_exec_block = "blocked"
+        return pending
+
     def _wait_standby_lock(self) -> None:
         with self._standby_lock:
             pass
@@ -1620,9 +1627,7 @@ def _stop_standby_before_exec() -> str | None:
     # A signal handler that calls reexec() may run in the thread that holds
     # _standby_lock to start a standby, and that thread cannot wait for itself.
     if upgrader._standby_lock_owner == threading.get_ident():
-        pending = not upgrader._standby_claimed.is_set()
-        upgrader._standby_claimed.set()
-        upgrader._standby_exec_block = "blocked"
+        pending = upgrader._block_standby_for_exec()
         # NOTE: a standby that the interrupted start has already spawned
         # then stays a zombie child of the new image.
         return "claimed" if pending else None
@@ -1630,9 +1635,7 @@ def _stop_standby_before_exec() -> str | None:
     with upgrader._standby_lock:
         upgrader._standby_lock_owner = threading.get_ident()
         try:
-            pending = not upgrader._standby_claimed.is_set()
-            upgrader._standby_claimed.set()
-            upgrader._standby_exec_block = "blocked"
+            pending = upgrader._block_standby_for_exec()
             running = upgrader._standby is not None
         finally:
             upgrader._standby_lock_owner = None
