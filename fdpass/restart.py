@@ -146,8 +146,8 @@ def inherit() -> Inherited:
             protocol.clear(os.environ)
             os.environ.pop(_socket_env.VARIABLE, None)
 
-        # Before _inherited is set, so that a signal handler whose reexec()
-        # finds the cached result also finds the upgrade pipes in it.
+        # The own fds are chosen before _inherited is set, so that a signal
+        # handler's reexec() that finds the cached result also finds the pipes.
         _own_fds.update(_find_own_fds(result))
         _inherited = result
         # NOTE: fdpass's own state memfd and parent pipe, when the program
@@ -1084,6 +1084,7 @@ def _parent_generation_pid() -> int:
     names a reaper. The first Upgrader moves the value out of os.environ.
     """
     text = os.environ.get("FDPASS_PARENT_PID", "")
+    # Linux PIDs have at most 7 digits, and int() raises for over 4300.
     if text.isascii() and text.isdigit() and len(text) <= 10 and int(text) > 0:
         return int(text)
     cached = getattr(sys.modules.get("fdpass.upgrade"), "_inherited_parent_pid", None)

@@ -247,6 +247,7 @@ def _parent_pid() -> int:
     global _inherited_parent_pid
 
     text = os.environ.pop(PARENT_PID_VARIABLE, "")
+    # Linux PIDs have at most 7 digits, and int() raises for over 4300.
     if text.isascii() and text.isdigit() and len(text) <= 10 and int(text) > 0:
         _inherited_parent_pid = int(text)
     if _inherited_parent_pid is not None:
