@@ -141,7 +141,7 @@ def test_constructor_cost_script(benchmark: Any) -> None:
 
 
 def test_upgrade_timeline_script(benchmark: Any) -> None:
-    """bench/upgrade_timeline.py upgrades a prestart server twice and prints its table, with a standby's row."""
+    """bench/upgrade_timeline.py upgrades a prestart server twice and prints its tables, with a standby's rows."""
     result = run_script(benchmark, "upgrade_timeline.py", "--library", "fdpass-prestart", "--rounds", "2")
 
     assert result.returncode == 0, result.stderr
@@ -149,3 +149,7 @@ def test_upgrade_timeline_script(benchmark: Any) -> None:
     other_cpu = next(line for line in result.stdout.splitlines() if line.startswith("| other | CPU time, ms |"))
     # The standby that each new generation starts is sampled as "other".
     assert float(other_cpu.rstrip(" |").rsplit("|", 1)[1]) > 0, result.stdout
+    share_table = result.stdout.split("share of samples on the client's CPU")[1]
+    new_share = next(line for line in share_table.splitlines() if line.startswith("| new | "))
+    # Every sample of the new generation is compared with the client's, so its overall share is a number.
+    assert 0 <= float(new_share.rstrip(" |").rsplit("|", 1)[1]) <= 100, result.stdout

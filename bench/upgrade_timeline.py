@@ -5,14 +5,18 @@ its slow requests. It runs one side's server (bench/upgrade_server.py) and
 one client (bench/upgrade_client.py) sending without pause, sends SIGHUP
 --rounds times, and samples every process involved every SAMPLE_SECONDS
 for WINDOW_SECONDS after each SIGHUP, from /proc/PID/schedstat (CPU time
-and run-queue wait of the main thread, in ns) and /proc/PID/status
-(nonvoluntary_ctxt_switches). While a serving generation waits in the run
-queue, a request that has arrived waits too.
+and run-queue wait of the main thread, in ns), /proc/PID/status
+(nonvoluntary_ctxt_switches) and /proc/PID/stat (the CPU that the main
+thread last ran on). While a serving generation waits in the run queue, a
+request that has arrived waits too, and a server on the client's CPU can
+be preempted at each of the client's wake-ups.
 
 Each process gets a role per round: "old" received the SIGHUP, "new"
 became ready in its place, "client" sends the requests, and "other" is
 any other descendant of either generation, such as a prestart standby.
-The table gives the mean per upgrade of each figure in each time bin.
+The first table gives the mean per upgrade of each figure in each time bin.
+The second gives, per role and bin, the share of samples in which the
+process last ran on the same CPU as the client.
 
 Usage: python bench/upgrade_timeline.py --library fdpass-prestart --python /path/to/python [--rounds 15]
 
@@ -20,9 +24,10 @@ It imports bench/bench_upgrade.py, so the interpreter that runs it needs
 pytest, as the test extra installs it. The servers run on --python.
 
 It needs Linux with CONFIG_PROC_CHILDREN (/proc/PID/task/TID/children) and
-/proc/PID/schedstat. The sampling itself costs CPU: 0.22 ms per sample of
-four processes on a 2-core AMD EPYC VM, about 4 % of one core. So compare
-sides measured by this script with each other, not with bench_upgrade.py.
+/proc/PID/schedstat. The sampling itself costs CPU: 0.37 ms per sample of
+four processes on a 2-core AMD EPYC VM, about 7 % of one core (0.26 ms
+without the read of /proc/PID/stat). So compare sides measured by this script
+with each other, not with bench_upgrade.py.
 """
 
 from __future__ import annotations
@@ -50,16 +55,27 @@ LIBRARIES = ("fdpass", "fdpass-prestart", "fdpass-threads", "tableflip")
 FIGURES = (("wait", "run-queue wait, ms"), ("cpu", "CPU time, ms"), ("switches", "involuntary switches"))
 
 
-def read_counters(pid: int) -> tuple[int, int, int] | None:
-    """Return (CPU ns, run-queue wait ns, involuntary switches) of pid's main thread, or None once it is gone."""
+#: Counters of one process's main thread: CPU ns, run-queue wait ns, involuntary switches, and the CPU it last ran on.
+Counters = tuple[int, int, int, int]
+
+
+def read_counters(pid: int) -> Counters | None:
+    """Return the Counters of pid's main thread, or None once it is gone."""
     try:
         with open(f"/proc/{pid}/schedstat") as stream:
             cpu_ns, wait_ns, _ = stream.read().split()
         with open(f"/proc/{pid}/status") as stream:
             switches = next(line for line in stream if line.startswith("nonvoluntary_ctxt_switches"))
-    except (OSError, StopIteration, ValueError):
+        with open(f"/proc/{pid}/stat") as stream:
+            # Fields 3 (state) and 39 (processor), counted after the command name, which may contain spaces and ")".
+            fields = stream.read().rsplit(")", 1)[1].split()
+    except (OSError, StopIteration, ValueError, IndexError):
         return None
-    return int(cpu_ns), int(wait_ns), int(switches.split()[1])
+
+    # A zombie that is not reaped yet keeps its last CPU, which would count as a placement.
+    if fields[0] in ("Z", "X"):
+        return None
+    return int(cpu_ns), int(wait_ns), int(switches.split()[1]), int(fields[36])
 
 
 def children(pid: int) -> list[int]:
@@ -91,10 +107,10 @@ def bin_index(seconds: float) -> int:
     return len(BIN_EDGES) - 2
 
 
-def sample_round(old: int, client_pid: int) -> dict[int, list[tuple[float, tuple[int, int, int]]]]:
+def sample_round(old: int, client_pid: int) -> dict[int, list[tuple[float, Counters]]]:
     """Send SIGHUP to old and sample every process involved for WINDOW_SECONDS; return samples per PID."""
     # A prestart standby already runs at SIGHUP, so its counters start here.
-    samples: dict[int, list[tuple[float, tuple[int, int, int]]]] = {}
+    samples: dict[int, list[tuple[float, Counters]]] = {}
     for pid in (old, client_pid, *descendants(old)):
         counters = read_counters(pid)
         if counters is not None:
@@ -112,15 +128,21 @@ def sample_round(old: int, client_pid: int) -> dict[int, list[tuple[float, tuple
             if counters is None:
                 continue
             # A process first seen now started during the round, from zero.
-            history = samples.setdefault(pid, [(elapsed, (0, 0, 0))])
+            history = samples.setdefault(pid, [(elapsed, (0, 0, 0, counters[3]))])
             history.append((elapsed, counters))
     return samples
 
 
 def add_round(
-    totals: dict[str, list[list[float]]], samples: dict[int, list[tuple[float, tuple[int, int, int]]]],
-    roles: dict[int, str],
+    totals: dict[str, list[list[float]]], samples: dict[int, list[tuple[float, Counters]]],
+    roles: dict[int, str], shared: dict[str, list[list[int]]],
 ) -> None:
+    """Add one round's samples to totals, and to shared its [samples on the client's CPU, samples] per bin."""
+    client_cpu = {}
+    for pid, history in samples.items():
+        if roles.get(pid) == "client":
+            client_cpu = {seconds: counters[3] for seconds, counters in history}
+
     for pid, history in samples.items():
         role = roles.get(pid, "other")
         for (_, before), (seconds, after) in itertools.pairwise(history):
@@ -128,10 +150,18 @@ def add_round(
             totals[role][0][index] += (after[1] - before[1]) / 1e6
             totals[role][1][index] += (after[0] - before[0]) / 1e6
             totals[role][2][index] += after[2] - before[2]
+            # Every process is read in the same pass, so the client's sample has the same time.
+            if role != "client" and seconds in client_cpu:
+                shared[role][index][0] += after[3] == client_cpu[seconds]
+                shared[role][index][1] += 1
 
 
-def run(python: str, library: str, rounds: int, interval: float) -> dict[str, list[list[float]]]:
+def run(
+    python: str, library: str, rounds: int, interval: float
+) -> tuple[dict[str, list[list[float]]], dict[str, list[list[int]]]]:
+    """Return the means per upgrade of FIGURES per role and bin, and add_round()'s shared counts."""
     totals = {role: [[0.0] * (len(BIN_EDGES) - 1) for _ in FIGURES] for role in ROLES}
+    shared = {role: [[0, 0] for _ in range(len(BIN_EDGES) - 1)] for role in ROLES if role != "client"}
     with tempfile.TemporaryDirectory() as directory:
         server = Server(python, library, free_port(), pathlib.Path(directory) / "stderr.txt")
         try:
@@ -144,7 +174,8 @@ def run(python: str, library: str, rounds: int, interval: float) -> dict[str, li
                     samples = sample_round(current, client.pid)
                     successor = server.wait_for("parent", current, "ready")["pid"]
                     wait_gone(current, EVENT_TIMEOUT)
-                    add_round(totals, samples, {current: "old", successor: "new", client.pid: "client"})
+                    roles = {current: "old", successor: "new", client.pid: "client"}
+                    add_round(totals, samples, roles, shared)
                     current = successor
                     time.sleep(interval)
                 client.pause()
@@ -157,7 +188,7 @@ def run(python: str, library: str, rounds: int, interval: float) -> dict[str, li
     for role in ROLES:
         for figure in totals[role]:
             figure[:] = [value / rounds for value in figure]
-    return totals
+    return totals, shared
 
 
 def reap_orphans() -> None:
@@ -191,7 +222,7 @@ def main() -> None:
     # Orphans, such as a generation whose parent exited, are reparented here and reaped by reap_orphans().
     if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
         sys.exit(f"prctl(PR_SET_CHILD_SUBREAPER) failed: {os.strerror(ctypes.get_errno())}")
-    totals = run(args.python, args.library, args.rounds, args.interval)
+    totals, shared = run(args.python, args.library, args.rounds, args.interval)
 
     edges = [f"{low * 1000:g}-{high * 1000:g}" for low, high in itertools.pairwise(BIN_EDGES)]
     print(f"{args.library}: mean per upgrade over {args.rounds} upgrades, by ms after SIGHUP")
@@ -200,6 +231,19 @@ def main() -> None:
     for role in ROLES:
         for (_, label), values in zip(FIGURES, totals[role], strict=True):
             print(f"| {role} | {label} | " + " | ".join(f"{value:.1f}" for value in values) + f" | {sum(values):.1f} |")
+
+    print()
+    print(f"{args.library}: share of samples on the client's CPU, %, by ms after SIGHUP")
+    print("| role | " + " | ".join(edges) + " | all |")
+    print("|---|" + "---|" * (len(edges) + 1))
+    for role, counts in shared.items():
+        cells = [share(*count) for count in counts]
+        same, total = (sum(column) for column in zip(*counts, strict=True))
+        print(f"| {role} | " + " | ".join(cells) + f" | {share(same, total)} |")
+
+
+def share(same: int, total: int) -> str:
+    return f"{100 * same / total:.0f}" if total else "-"
 
 
 if __name__ == "__main__":
