@@ -1283,3 +1283,46 @@ int fdpass_kill_timer_cancel(intptr_t timer)
 {
     return timer_delete((timer_t)timer) == -1 ? -1 : 0;
 }
+
+/*
+ * Migrate the calling thread onto cpu, then give it back its affinity mask.
+ * Both steps happen in this one call, so no code of the program runs, and
+ * no thread or child inherits the mask, while it allows one CPU only. The
+ * kernel migrates a running thread off a CPU that its new mask excludes
+ * before sched_setaffinity() returns. Leaves the thread where it is, and
+ * returns 0, if it runs on cpu already, or if its mask lacks cpu or allows
+ * one CPU only.
+ */
+int fdpass_move_to_cpu(int cpu)
+{
+    cpu_set_t saved, only;
+
+    if (cpu < 0 || cpu >= CPU_SETSIZE) {
+        errno = EINVAL;
+        return -1;
+    }
+    if (sched_getaffinity(0, sizeof saved, &saved) == -1)
+        return -1;
+    if (!CPU_ISSET(cpu, &saved) || CPU_COUNT(&saved) < 2 || sched_getcpu() == cpu)
+        return 0;
+
+    CPU_ZERO(&only);
+    CPU_SET(cpu, &only);
+    if (sched_setaffinity(0, sizeof only, &only) == -1)
+        return -1;
+
+    /* NOTE: a mask that another thread sets on this one between the two
+     * calls is overwritten. */
+    if (sched_setaffinity(0, sizeof saved, &saved) == -1) {
+        /* A cpuset change may have removed every CPU of saved, so the
+         * thread gets every CPU that its cpuset allows, not one CPU. */
+        int saved_errno = errno;
+        CPU_ZERO(&saved);
+        for (int i = 0; i < CPU_SETSIZE; i++)
+            CPU_SET(i, &saved);
+        sched_setaffinity(0, sizeof saved, &saved);
+        errno = saved_errno;
+        return -1;
+    }
+    return 1;
+}

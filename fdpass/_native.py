@@ -233,3 +233,19 @@ def set_cloexec_range(first_fd: int, count: int) -> None:
     """Set FD_CLOEXEC on first_fd .. first_fd + count - 1, with one close_range() where the kernel has it."""
     if lib.fdpass_set_cloexec_range(first_fd, count) == -1:
         raise_errno(ffi.errno)
+
+
+def move_to_cpu(cpu: int) -> bool:
+    """Migrate the calling thread onto cpu and restore its affinity mask at once; return True if it moved.
+
+    Returns False, and leaves the thread where it is, if it runs on cpu
+    already, or if its mask lacks cpu or allows one CPU only.
+
+    Raises:
+        OSError: cpu is negative or above the kernel's CPU_SETSIZE (EINVAL),
+            or sched_setaffinity() failed.
+    """
+    moved = lib.fdpass_move_to_cpu(cpu)
+    if moved == -1:
+        raise_errno(ffi.errno)
+    return moved == 1

@@ -20,6 +20,7 @@ import select
 import signal
 import socket
 import sys
+import threading
 import time
 
 from fdpass import _native, _socket_env, command, protocol, restart
@@ -27,6 +28,7 @@ from fdpass import _standby as standby_module
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import asyncio
     from collections.abc import Mapping, Sequence
 
 # Variables that the interpreter reads while it starts, before the program
@@ -38,6 +40,9 @@ _STARTUP_PREFIXES = ("PYTHON", "LC_")
 #: preloading, counted from the first wait, before it starts cold. A few
 #: seconds leave room for a slow start-up and bound what a hung standby costs.
 REPORT_TIMEOUT = 3.0
+
+#: Seconds the thread of Standby.start_move() waits for the report before it gives up the move.
+MOVE_WAIT_TIMEOUT = 60.0
 
 
 def check_prestart(prestart: object) -> tuple[str, ...] | bool:
@@ -230,6 +235,36 @@ class Standby:
             return True
         return False
 
+    def start_move(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start a thread that waits for the standby's report, then has loop move its own thread onto the standby's CPU.
+
+        While a standby starts, it keeps one CPU busy, and the thread that
+        serves ends up on the same CPU as a local peer that it exchanges
+        requests with, such as a proxy or the client of
+        bench/bench_upgrade.py. On a 2-CPU machine they kept sharing that
+        CPU after the standby had blocked, and on a shared CPU each wake-up
+        of one preempts the other (measured in docs/benchmarks.md). The
+        standby's CPU goes idle when its report has arrived. The thread
+        also ends when the standby exits or takes the hand-over, which
+        closes its end of the control socket, or after MOVE_WAIT_TIMEOUT.
+        """
+        threading.Thread(target=self._move, args=(loop,), name="fdpass-placement", daemon=True).start()
+
+    def _move(self, loop: asyncio.AbstractEventLoop) -> None:
+        try:
+            readable, _, _ = select.select([self.control.fileno()], [], [], MOVE_WAIT_TIMEOUT)
+
+            # kill() and hand_over() close the socket, which makes fileno() -1. EOF means that the standby has
+            # exited, and then its last CPU is of no use.
+            if readable != [self.control.fileno()] or not self.control.recv(1, socket.MSG_PEEK):
+                return
+            with open(f"/proc/{self.pid}/stat") as stream:
+                # Field 39, "processor", counted after the command name, which may contain spaces and ")".
+                cpu = int(stream.read().rsplit(")", 1)[1].split()[36])
+            loop.call_soon_threadsafe(_move_to_cpu, cpu)
+        except (OSError, ValueError, IndexError, RuntimeError):
+            pass  # the standby or its socket is gone, or the loop is closed
+
     def unfit_reason(
         self, start: command.StartCommand, environ: Mapping[str, str], fd_count: int, wake_fd: int | None = None
     ) -> str | None:
@@ -330,6 +365,13 @@ class Standby:
         except ChildProcessError:
             return
         self.status = os.waitstatus_to_exitcode(wait_status)
+
+
+def _move_to_cpu(cpu: int) -> None:
+    try:
+        _native.move_to_cpu(cpu)
+    except OSError:
+        pass  # the CPU went offline, or a cpuset change removed it
 
 
 def start(modules: tuple[str, ...] | None) -> Standby:

@@ -337,8 +337,10 @@ class Upgrader:
             exited) and after each failed upgrade, so that upgrade() only
             hands over to it. The standby preloads the
             stdlib modules this process has imported and fdpass, or with a
-            list of module names exactly those. False (the default) starts
-            each new generation cold. See docs/upgrade.md.
+            list of module names exactly those. If ready() ran on an
+            asyncio event loop, that loop's thread moves onto the
+            standby's CPU once the standby has preloaded. False (the
+            default) starts each new generation cold. See docs/upgrade.md.
 
     Raises:
         TypeError, ValueError: an argument is malformed, for example prestart
@@ -407,6 +409,8 @@ class Upgrader:
         # the parent, or an upgrade.
         self._standby_claimed = threading.Event()
         self._standby_claimed.set()
+        # The running event loop of ready()'s thread, whose thread Standby.start_move() moves.
+        self._serving_loop: asyncio.AbstractEventLoop | None = None
 
         ready_pipe = restart.own_fd(READY_FD_NAME)
         # An earlier Upgrader's ready() or stop() closes the inherited pipe.
@@ -527,6 +531,7 @@ class Upgrader:
             if self._pid_file is not None:
                 write_pid_file(self._pid_file, os.getpid())
             self._state = _READY
+            self._serving_loop = _running_loop()
             ready_pipe, self._ready_pipe = self._ready_pipe, None
             if ready_pipe is not None:
                 _ready_pipe_closed_in = _READY
@@ -1073,6 +1078,8 @@ class Upgrader:
             standby.kill()
             return None
         self._standby = standby
+        if self._serving_loop is not None:
+            standby.start_move(self._serving_loop)
         return standby
 
     def _take_standby(self, *, for_upgrade: bool = True) -> Standby | None:

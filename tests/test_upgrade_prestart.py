@@ -1103,3 +1103,58 @@ def test_stop_in_handler_drops_standby(children):
 
     assert status == 0, stderr
     assert report["standby_pid"] is None
+
+
+
+LOOP_THREAD_PROGRAM = r"""
+import asyncio, json, os, threading, time, fdpass
+from fdpass import prestart
+
+moves = []
+move_to_cpu = prestart._move_to_cpu
+
+def recorded_move(cpu):
+    moves.append([cpu, threading.get_native_id()])
+    move_to_cpu(cpu)
+
+prestart._move_to_cpu = recorded_move
+
+async def main():
+    initial = sorted(os.sched_getaffinity(0))
+    upgrader = fdpass.Upgrader(prestart=True)
+    upgrader.listen(("127.0.0.1", 0), name="http")
+    upgrader.ready()
+    deadline = time.monotonic() + 20
+    while upgrader.standby_pid is None and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    standby_pid = upgrader.standby_pid
+
+    # The standby's report arrives once its preload is done.
+    masks = set()
+    for _ in range(1000):
+        masks.add(tuple(sorted(os.sched_getaffinity(0))))
+        await asyncio.sleep(0.002)
+    upgrader.stop()
+    report = {"initial": initial, "masks": sorted(masks), "standby": standby_pid, "moves": moves,
+              "loop_thread": threading.get_native_id()}
+    print(json.dumps(report), flush=True)
+
+asyncio.run(main())
+"""
+
+
+def test_loop_thread_keeps_its_mask(settled_install, children, tmp_path):
+    """The loop that called ready() moves once, on its own thread, and its mask never looks narrowed."""
+    script = tmp_path / "loop_thread.py"
+    script.write_text(LOOP_THREAD_PROGRAM)
+    child = children.python(script)
+
+    report = child.read_json()
+    status, _, stderr = child.finish()
+
+    assert status == 0, stderr
+    assert report["standby"] is not None
+    assert report["masks"] == [report["initial"]]
+    assert [thread for _, thread in report["moves"]] == [report["loop_thread"]]
+    assert report["moves"][0][0] in report["initial"]
+
