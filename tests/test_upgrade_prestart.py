@@ -674,6 +674,18 @@ def child_states():
     return states
 """
 
+def run_program(children, path: pathlib.Path, text: str) -> dict:
+    """Write text to path, run it, and return the JSON line it prints; fail with its stderr if it exits non-zero."""
+    path.write_text(text)
+    child = children.python(path)
+
+    report: dict = child.read_json()
+    status, _, stderr = child.finish()
+
+    assert status == 0, stderr
+    return report
+
+
 REEXEC_WITH_STANDBY_PROGRAM = r"""
 import json, os, time, fdpass
 """ + CHILD_STATES_FUNCTION + r"""
@@ -694,14 +706,8 @@ upgrader.stop()
 
 def test_reexec_reaps_standby(settled_install, children, tmp_path):
     """reexec() kills and reaps the standby first, so two restarts in place leave no zombie standby behind."""
-    script = tmp_path / "reexec_with_standby.py"
-    script.write_text(REEXEC_WITH_STANDBY_PROGRAM)
-    child = children.python(script)
+    report = run_program(children, tmp_path / "reexec_with_standby.py", REEXEC_WITH_STANDBY_PROGRAM)
 
-    report = child.read_json()
-    status, _, stderr = child.finish()
-
-    assert status == 0, stderr
     assert report["standby"] is not None
     assert list(report["children"]) == [str(report["standby"])]
     assert report["children"][str(report["standby"])] != "Z"
@@ -724,14 +730,8 @@ upgrader.stop()
 
 def test_failed_reexec_restarts_standby(settled_install, children, tmp_path):
     """A reexec() whose execve fails starts a new standby in place of the one it stopped."""
-    script = tmp_path / "failed_reexec_with_standby.py"
-    script.write_text(FAILED_REEXEC_WITH_STANDBY_PROGRAM)
-    child = children.python(script)
+    report = run_program(children, tmp_path / "failed_reexec_with_standby.py", FAILED_REEXEC_WITH_STANDBY_PROGRAM)
 
-    report = child.read_json()
-    status, _, stderr = child.finish()
-
-    assert status == 0, stderr
     assert report["errno"] == errno.ENOENT
     assert report["first"] is not None
     assert report["second"] not in (None, report["first"])
@@ -1145,14 +1145,8 @@ asyncio.run(main())
 
 def test_loop_thread_keeps_its_mask(settled_install, children, tmp_path):
     """The loop that called ready() moves once, on its own thread, and its mask never looks narrowed."""
-    script = tmp_path / "loop_thread.py"
-    script.write_text(LOOP_THREAD_PROGRAM)
-    child = children.python(script)
+    report = run_program(children, tmp_path / "loop_thread.py", LOOP_THREAD_PROGRAM)
 
-    report = child.read_json()
-    status, _, stderr = child.finish()
-
-    assert status == 0, stderr
     assert report["standby"] is not None
     assert report["masks"] == [report["initial"]]
     assert [thread for _, thread in report["moves"]] == [report["loop_thread"]]
