@@ -16,7 +16,9 @@ became ready in its place, "client" sends the requests, and "other" is
 any other descendant of either generation, such as a prestart standby.
 The first table gives the mean per upgrade of each figure in each time bin.
 The second gives, per role and bin, the share of samples in which the
-process last ran on the same CPU as the client.
+process last ran on the same CPU as the client. A blocked process counts
+by the CPU it last ran on, and only each process's main thread is read, so
+the fdpass-threads side's serving threads are not in it.
 
 Usage: python bench/upgrade_timeline.py --library fdpass-prestart --python /path/to/python [--rounds 15]
 
@@ -60,7 +62,7 @@ Counters = tuple[int, int, int, int]
 
 
 def read_counters(pid: int) -> Counters | None:
-    """Return the Counters of pid's main thread, or None once it is gone."""
+    """Return the Counters of pid's main thread, or None once it has exited, even before it is reaped."""
     try:
         with open(f"/proc/{pid}/schedstat") as stream:
             cpu_ns, wait_ns, _ = stream.read().split()

@@ -1285,44 +1285,43 @@ int fdpass_kill_timer_cancel(intptr_t timer)
 }
 
 /*
- * Migrate the calling thread onto cpu, then give it back its affinity mask.
- * Both steps happen in this one call, so no code of the program runs, and
- * no thread or child inherits the mask, while it allows one CPU only. The
- * kernel migrates a running thread off a CPU that its new mask excludes
- * before sched_setaffinity() returns. Leaves the thread where it is, and
- * returns 0, if it runs on cpu already, or if its mask lacks cpu or allows
- * one CPU only.
+ * Migrate the calling thread onto cpu, if its affinity mask allows every
+ * online CPU, and leave it as unrestricted as before. Both steps happen in
+ * this one call, so no code of the program runs, and no thread or child
+ * inherits the mask, while it allows one CPU only. The kernel migrates a
+ * running thread off a CPU that its new mask excludes before
+ * sched_setaffinity() returns. The mask is then set to every CPU, not to
+ * the saved one. sched_getaffinity() leaves out inactive CPUs, and since
+ * Linux 6.2 the mask set last also caps later cpuset changes. So writing
+ * the saved mask back would pin the thread, and every thread and child it
+ * creates, to today's CPUs. A thread whose mask leaves out an online CPU,
+ * through a cpuset, taskset or the program, is left alone, because its
+ * mask could not be given back as it was. Returns 1 if the thread moved,
+ * and 0 if it runs on cpu already or is left alone.
  */
 int fdpass_move_to_cpu(int cpu)
 {
-    cpu_set_t saved, only;
+    cpu_set_t mask;
+    long online;
 
     if (cpu < 0 || cpu >= CPU_SETSIZE) {
         errno = EINVAL;
         return -1;
     }
-    if (sched_getaffinity(0, sizeof saved, &saved) == -1)
+    if (sched_getaffinity(0, sizeof mask, &mask) == -1)
         return -1;
-    if (!CPU_ISSET(cpu, &saved) || CPU_COUNT(&saved) < 2 || sched_getcpu() == cpu)
+    online = sysconf(_SC_NPROCESSORS_ONLN);
+    if (online < 2 || CPU_COUNT(&mask) != online || !CPU_ISSET(cpu, &mask) || sched_getcpu() == cpu)
         return 0;
 
-    CPU_ZERO(&only);
-    CPU_SET(cpu, &only);
-    if (sched_setaffinity(0, sizeof only, &only) == -1)
+    CPU_ZERO(&mask);
+    CPU_SET(cpu, &mask);
+    if (sched_setaffinity(0, sizeof mask, &mask) == -1)
         return -1;
 
-    /* NOTE: a mask that another thread sets on this one between the two
-     * calls is overwritten. */
-    if (sched_setaffinity(0, sizeof saved, &saved) == -1) {
-        /* A cpuset change may have removed every CPU of saved, so the
-         * thread gets every CPU that its cpuset allows, not one CPU. */
-        int saved_errno = errno;
-        CPU_ZERO(&saved);
-        for (int i = 0; i < CPU_SETSIZE; i++)
-            CPU_SET(i, &saved);
-        sched_setaffinity(0, sizeof saved, &saved);
-        errno = saved_errno;
-        return -1;
-    }
-    return 1;
+    /* NOTE: a mask that another thread or taskset -p sets on this one
+     * between the two calls is overwritten. */
+    for (int i = 0; i < CPU_SETSIZE; i++)
+        CPU_SET(i, &mask);
+    return sched_setaffinity(0, sizeof mask, &mask) == -1 ? -1 : 1;
 }

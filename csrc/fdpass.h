@@ -50,6 +50,7 @@ int fdpass_kill_timer_arm(long long deadline_ns, intptr_t *timer_out);
 
 int fdpass_kill_timer_cancel(intptr_t timer);
 
-/* Migrate the calling thread onto cpu and restore its affinity mask in the
- * same call. Returns 1 if it moved, 0 if it was left where it was. */
+/* Migrate the calling thread onto cpu if its affinity mask allows every
+ * online CPU, and give it every CPU again in the same call. Returns 1 if it
+ * moved, 0 if it was left where it was. */
 int fdpass_move_to_cpu(int cpu);

@@ -236,14 +236,16 @@ def set_cloexec_range(first_fd: int, count: int) -> None:
 
 
 def move_to_cpu(cpu: int) -> bool:
-    """Migrate the calling thread onto cpu and restore its affinity mask at once; return True if it moved.
+    """Migrate the calling thread onto cpu, and give it every CPU again at once; return True if it moved.
 
     Returns False, and leaves the thread where it is, if it runs on cpu
-    already, or if its mask lacks cpu or allows one CPU only.
+    already, or if its affinity mask leaves out an online CPU (a cpuset,
+    taskset or the program restricted it). See fdpass_move_to_cpu() in
+    csrc/fdpass.c for why the mask is not written back as it was read.
 
     Raises:
-        OSError: cpu is negative or above the kernel's CPU_SETSIZE (EINVAL),
-            or sched_setaffinity() failed.
+        OSError: cpu is negative or at least CPU_SETSIZE (1024 in glibc),
+            or sched_setaffinity() failed (EINVAL).
     """
     moved = lib.fdpass_move_to_cpu(cpu)
     if moved == -1:

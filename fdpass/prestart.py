@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 
-from fdpass import _native, _socket_env, command, protocol, restart
+from fdpass import _log, _native, _socket_env, command, protocol, restart
 from fdpass import _standby as standby_module
 
 TYPE_CHECKING = False
@@ -41,8 +41,11 @@ _STARTUP_PREFIXES = ("PYTHON", "LC_")
 #: seconds leave room for a slow start-up and bound what a hung standby costs.
 REPORT_TIMEOUT = 3.0
 
-#: Seconds the thread of Standby.start_move() waits for the report before it gives up the move.
+#: Seconds Standby.start_move() waits for the report before it gives up the move.
 MOVE_WAIT_TIMEOUT = 60.0
+
+#: Seconds between Standby.start_move()'s checks for the report.
+MOVE_POLL_SECONDS = 0.01
 
 
 def check_prestart(prestart: object) -> tuple[str, ...] | bool:
@@ -236,34 +239,48 @@ class Standby:
         return False
 
     def start_move(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Start a thread that waits for the standby's report, then has loop move its own thread onto the standby's CPU.
+        """Have loop move its own thread onto the standby's CPU once the standby's report has arrived.
 
         While a standby starts, it keeps one CPU busy, and the thread that
         serves ends up on the same CPU as a local peer that it exchanges
         requests with, such as a proxy or the client of
         bench/bench_upgrade.py. On a 2-CPU machine they kept sharing that
         CPU after the standby had blocked, and on a shared CPU each wake-up
-        of one preempts the other (measured in docs/benchmarks.md). The
-        standby's CPU goes idle when its report has arrived. The thread
-        also ends when the standby exits or takes the hand-over, which
-        closes its end of the control socket, or after MOVE_WAIT_TIMEOUT.
+        of one preempts the other (docs/benchmarks.md has the placement
+        measured). The standby's CPU goes idle when its report has arrived.
+
+        loop checks for the report every MOVE_POLL_SECONDS, rather than a
+        thread waiting for it, so that a program that forks after ready()
+        forks a single-threaded process. It stops at the move, once the
+        control socket is closed (by kill() or the hand-over), or after
+        MOVE_WAIT_TIMEOUT.
         """
-        threading.Thread(target=self._move, args=(loop,), name="fdpass-placement", daemon=True).start()
+        deadline = time.monotonic() + MOVE_WAIT_TIMEOUT
 
-    def _move(self, loop: asyncio.AbstractEventLoop) -> None:
-        try:
-            readable, _, _ = select.select([self.control.fileno()], [], [], MOVE_WAIT_TIMEOUT)
-
-            # kill() and hand_over() close the socket, which makes fileno() -1. EOF means that the standby has
-            # exited, and then its last CPU is of no use.
-            if readable != [self.control.fileno()] or not self.control.recv(1, socket.MSG_PEEK):
+        def check() -> None:
+            if self.control.fileno() == -1 or time.monotonic() > deadline:
                 return
-            with open(f"/proc/{self.pid}/stat") as stream:
-                # Field 39, "processor", counted after the command name, which may contain spaces and ")".
-                cpu = int(stream.read().rsplit(")", 1)[1].split()[36])
-            loop.call_soon_threadsafe(_move_to_cpu, cpu)
-        except (OSError, ValueError, IndexError, RuntimeError):
-            pass  # the standby or its socket is gone, or the loop is closed
+            try:
+                arrived = self._report_waiting()
+            except OSError:
+                return  # the socket was closed meanwhile
+            if arrived is None:
+                loop.call_later(MOVE_POLL_SECONDS, check)
+            elif arrived:
+                _move_to_cpu(self.pid)
+
+        try:
+            loop.call_soon_threadsafe(check)
+        except RuntimeError:
+            pass  # the loop is closed
+
+    def _report_waiting(self) -> bool | None:
+        """Return True if data waits on the control socket, False at EOF (the standby exited), None if neither."""
+        poller = select.poll()
+        poller.register(self.control.fileno(), select.POLLIN)
+        if not poller.poll(0):
+            return None
+        return bool(self.control.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
 
     def unfit_reason(
         self, start: command.StartCommand, environ: Mapping[str, str], fd_count: int, wake_fd: int | None = None
@@ -367,11 +384,19 @@ class Standby:
         self.status = os.waitstatus_to_exitcode(wait_status)
 
 
-def _move_to_cpu(cpu: int) -> None:
+def _move_to_cpu(standby_pid: int) -> None:
+    """Move the calling thread onto the CPU that the standby standby_pid last ran on."""
+    try:
+        with open(f"/proc/{standby_pid}/stat") as stream:
+            # Field 39, "processor", counted after the command name, which may contain spaces and ")".
+            cpu = int(stream.read().rsplit(")", 1)[1].split()[36])
+    except (OSError, ValueError, IndexError):
+        return  # the standby is gone, or /proc is not mounted
     try:
         _native.move_to_cpu(cpu)
-    except OSError:
-        pass  # the CPU went offline, or a cpuset change removed it
+    except OSError as error:
+        thread = threading.get_native_id()
+        _log.warning("moving thread %d onto CPU %d failed: %s; check its mask with taskset -p", thread, cpu, error)
 
 
 def start(modules: tuple[str, ...] | None) -> Standby:

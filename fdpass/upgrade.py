@@ -338,9 +338,10 @@ class Upgrader:
             hands over to it. The standby preloads the
             stdlib modules this process has imported and fdpass, or with a
             list of module names exactly those. If ready() ran on an
-            asyncio event loop, that loop's thread moves onto the
-            standby's CPU once the standby has preloaded. False (the
-            default) starts each new generation cold. See docs/upgrade.md.
+            asyncio event loop whose thread may use every online CPU, that
+            thread moves onto the standby's CPU once the standby has
+            preloaded. False (the default) starts each new generation
+            cold. See docs/upgrade.md.
 
     Raises:
         TypeError, ValueError: an argument is malformed, for example prestart

@@ -674,10 +674,10 @@ def child_states():
     return states
 """
 
-def run_program(children, path: pathlib.Path, text: str) -> dict:
-    """Write text to path, run it, and return the JSON line it prints; fail with its stderr if it exits non-zero."""
+def run_program(children, path: pathlib.Path, text: str, *args: str) -> dict:
+    """Write text to path, run it with args, and return the JSON line it prints; fail if it exits non-zero."""
     path.write_text(text)
-    child = children.python(path)
+    child = children.python(path, *args)
 
     report: dict = child.read_json()
     status, _, stderr = child.finish()
@@ -1107,23 +1107,31 @@ def test_stop_in_handler_drops_standby(children):
 
 
 LOOP_THREAD_PROGRAM = r"""
-import asyncio, json, os, threading, time, fdpass
+import asyncio, json, os, resource, sys, threading, time, fdpass
 from fdpass import prestart
 
 moves = []
 move_to_cpu = prestart._move_to_cpu
 
-def recorded_move(cpu):
-    moves.append([cpu, threading.get_native_id()])
-    move_to_cpu(cpu)
+def recorded_move(standby_pid):
+    moves.append([standby_pid, threading.get_native_id()])
+    move_to_cpu(standby_pid)
 
 prestart._move_to_cpu = recorded_move
+
+# Extra fds push the standby's control socket above 1023, where select() fails.
+extra_fds = int(sys.argv[1])
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+if soft < extra_fds + 100:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, extra_fds + 100), hard))
+held = [os.dup(0) for _ in range(extra_fds)]
 
 async def main():
     initial = sorted(os.sched_getaffinity(0))
     upgrader = fdpass.Upgrader(prestart=True)
     upgrader.listen(("127.0.0.1", 0), name="http")
     upgrader.ready()
+    threads_after_ready = [thread.name for thread in threading.enumerate()]
     deadline = time.monotonic() + 20
     while upgrader.standby_pid is None and time.monotonic() < deadline:
         await asyncio.sleep(0.01)
@@ -1136,19 +1144,20 @@ async def main():
         await asyncio.sleep(0.002)
     upgrader.stop()
     report = {"initial": initial, "masks": sorted(masks), "standby": standby_pid, "moves": moves,
-              "loop_thread": threading.get_native_id()}
+              "loop_thread": threading.get_native_id(), "threads_after_ready": threads_after_ready}
     print(json.dumps(report), flush=True)
 
 asyncio.run(main())
 """
 
 
-def test_loop_thread_keeps_its_mask(settled_install, children, tmp_path):
-    """The loop that called ready() moves once, on its own thread, and its mask never looks narrowed."""
-    report = run_program(children, tmp_path / "loop_thread.py", LOOP_THREAD_PROGRAM)
+@pytest.mark.parametrize("extra_fds", [0, 1100])
+def test_loop_thread_keeps_its_mask(settled_install, children, tmp_path, extra_fds):
+    """The loop that called ready() moves once, on its own thread, with no helper thread; its mask never narrows."""
+    report = run_program(children, tmp_path / "loop_thread.py", LOOP_THREAD_PROGRAM, str(extra_fds))
 
     assert report["standby"] is not None
+    assert report["threads_after_ready"] == ["MainThread"]
     assert report["masks"] == [report["initial"]]
-    assert [thread for _, thread in report["moves"]] == [report["loop_thread"]]
-    assert report["moves"][0][0] in report["initial"]
+    assert report["moves"] == [[report["standby"], report["loop_thread"]]]
 
