@@ -258,29 +258,25 @@ class Standby:
         deadline = time.monotonic() + MOVE_WAIT_TIMEOUT
 
         def check() -> None:
-            if self.control.fileno() == -1 or time.monotonic() > deadline:
+            # A report that upgrade() has received already means that the hand-over is under way.
+            if self.control.fileno() == -1 or self.module_files is not None or time.monotonic() > deadline:
                 return
             try:
-                arrived = self._report_waiting()
+                if not self.has_report():
+                    loop.call_later(MOVE_POLL_SECONDS, check)
+                    return
+
+                # The socket is readable at EOF too, when the standby has exited and its last CPU is of no use.
+                if not self.control.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT):
+                    return
             except OSError:
                 return  # the socket was closed meanwhile
-            if arrived is None:
-                loop.call_later(MOVE_POLL_SECONDS, check)
-            elif arrived:
-                _move_to_cpu(self.pid)
+            _move_to_cpu(self.pid)
 
         try:
             loop.call_soon_threadsafe(check)
         except RuntimeError:
             pass  # the loop is closed
-
-    def _report_waiting(self) -> bool | None:
-        """Return True if data waits on the control socket, False at EOF (the standby exited), None if neither."""
-        poller = select.poll()
-        poller.register(self.control.fileno(), select.POLLIN)
-        if not poller.poll(0):
-            return None
-        return bool(self.control.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
 
     def unfit_reason(
         self, start: command.StartCommand, environ: Mapping[str, str], fd_count: int, wake_fd: int | None = None

@@ -556,9 +556,8 @@ class Upgrader:
         # so the standby starts only then, and its start-up does not compete
         # for CPU with that generation's last requests and exit.
         self._standby_claimed.clear()
-        loop = _running_loop()
         thread = threading.Thread(
-            target=self._start_standby_after_parent, args=(loop,), name="fdpass-standby", daemon=True
+            target=self._start_standby_after_parent, args=(self._serving_loop,), name="fdpass-standby", daemon=True
         )
         thread.start()
 
