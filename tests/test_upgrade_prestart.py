@@ -1124,7 +1124,7 @@ extra_fds = int(sys.argv[1])
 soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 if soft < extra_fds + 100:
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, extra_fds + 100), hard))
-held = [os.dup(0) for _ in range(extra_fds)]
+padding_fds = [os.dup(0) for _ in range(extra_fds)]
 
 async def main():
     initial = sorted(os.sched_getaffinity(0))
