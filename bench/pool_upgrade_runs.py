@@ -11,11 +11,18 @@ bench_upgrade.py, which needs pytest. Each p99 is taken over the requests
 of every turn of every run. The interval resamples turns across the runs,
 drawing turn k of a side and of tableflip from the same run as a pair, as
 bench_upgrade.p99_ratio_interval() does within one run.
+
+A second table shows where in a round the slow requests fall: per upgrade,
+the requests slower than tableflip's pooled client p99, by the time they
+started after the round's SIGHUP.
 """
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import json
+import math
 import pathlib
 import random
 import sys
@@ -34,6 +41,9 @@ from bench_upgrade import (
 )
 
 BASELINE = "tableflip"
+
+#: Edges, in seconds after a round's SIGHUP, of the bins of the slow-request table; the last bin is open.
+SLOW_BIN_EDGES = (0.0, 0.005, 0.01, 0.05, 0.07, 0.1, 0.15, 0.2, 0.3, 0.6)
 
 
 def paired_turns(runs: list[dict[str, Any]], side: str, metric: str) -> tuple[TurnTails, TurnTails]:
@@ -71,6 +81,37 @@ def pooled_ratio(runs: list[dict[str, Any]], side: str, metric: str) -> str:
     )
 
 
+def slow_requests_per_upgrade(runs: list[dict[str, Any]], side: str, threshold: float) -> list[float]:
+    """Return, per bin of SLOW_BIN_EDGES, the requests slower than threshold per round of side."""
+    counts = [0] * len(SLOW_BIN_EDGES)
+    rounds = 0
+    for run in runs:
+        round_starts = run[side]["round_starts"]
+        rounds += len(round_starts)
+        for started, latency in zip(run[side]["starts"], run[side]["latencies"], strict=True):
+            index = bisect.bisect_right(round_starts, started) - 1
+            if index < 0 or latency <= threshold:
+                continue
+            counts[bisect.bisect_right(SLOW_BIN_EDGES, started - round_starts[index]) - 1] += 1
+    return [count / rounds if rounds else math.nan for count in counts]
+
+
+def print_slow_requests(runs: list[dict[str, Any]], sides: list[str]) -> None:
+    baseline_latencies = [latency for run in runs for latency in run[BASELINE]["latencies"]]
+    threshold = percentile(baseline_latencies, 0.99)
+    labels = [f"{low * 1000:g}-{high * 1000:g}" for low, high in itertools.pairwise(SLOW_BIN_EDGES)]
+    labels.append(f"{SLOW_BIN_EDGES[-1] * 1000:g}-")
+
+    print()
+    print(f"requests slower than {BASELINE}'s pooled client p99 ({threshold * 1000:.3f} ms) per upgrade,")
+    print("by the ms after SIGHUP at which they started")
+    print(f"| side | {' | '.join(labels)} | all |")
+    print(f"|---|{'---|' * (len(labels) + 1)}")
+    for side in sides:
+        per_bin = slow_requests_per_upgrade(runs, side, threshold)
+        print(f"| {side} | {' | '.join(f'{count:.2f}' for count in per_bin)} | {sum(per_bin):.2f} |")
+
+
 def main(paths: list[str]) -> int:
     if not paths:
         print(__doc__, file=sys.stderr)
@@ -93,11 +134,13 @@ def main(paths: list[str]) -> int:
 
     print(f"p99 ratios to {BASELINE} over {len(runs)} runs; in brackets, the 2.5th-97.5th percentile over")
     print(f"{BOOTSTRAP_RESAMPLES} resamples of the turns of all runs")
-    for side in [*FDPASS_SIDES, CONTROL]:
-        if all(side in run for run in runs):
-            client = pooled_ratio(runs, side, "client_p99")
-            window = pooled_ratio(runs, side, "window_p99")
-            print(f"{side} / {BASELINE}: {client}, {window}")
+    sides = [side for side in [*FDPASS_SIDES, CONTROL] if all(side in run for run in runs)]
+    for side in sides:
+        client = pooled_ratio(runs, side, "client_p99")
+        window = pooled_ratio(runs, side, "window_p99")
+        print(f"{side} / {BASELINE}: {client}, {window}")
+
+    print_slow_requests(runs, [BASELINE, *sides])
     return 0
 
 

@@ -153,3 +153,24 @@ def test_upgrade_timeline_script(benchmark: Any) -> None:
     new_share = next(line for line in share_table.splitlines() if line.startswith("| new | "))
     # Every sample of the new generation is compared with the client's, so its overall share is a number.
     assert 0 <= float(new_share.rstrip(" |").rsplit("|", 1)[1]) <= 100, result.stdout
+
+
+def test_slow_requests_by_time_after_sighup() -> None:
+    """pool_upgrade_runs.py counts each request above the threshold once, in the bin of its start after SIGHUP."""
+    import pool_upgrade_runs
+
+    # Rounds start at t=10 and t=11. The slow requests start 3, 120 and 700 ms
+    # after the first SIGHUP and 3 ms after the second. The one at t=9.9
+    # started before any round, so no bin counts it.
+    side = {
+        "round_starts": [10.0, 11.0],
+        "starts": [9.9, 10.003, 10.004, 10.12, 10.7, 11.003],
+        "latencies": [0.009, 0.009, 0.001, 0.009, 0.009, 0.009],
+    }
+    per_bin = pool_upgrade_runs.slow_requests_per_upgrade([{"fdpass": side}], "fdpass", threshold=0.005)
+
+    edges = pool_upgrade_runs.SLOW_BIN_EDGES
+    assert per_bin[edges.index(0.0)] == 1.0
+    assert per_bin[edges.index(0.1)] == 0.5
+    assert per_bin[edges.index(0.6)] == 0.5
+    assert sum(per_bin) == 2.0
