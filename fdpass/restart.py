@@ -11,6 +11,7 @@ from __future__ import annotations
 import _thread
 import errno as errno_module
 import fcntl
+import io
 import os
 import socket
 import stat
@@ -712,6 +713,76 @@ def _flush_passed(items: Sequence[object], item_types: set[type], label: Callabl
             _log.warning("cannot flush %s before the restart, so its buffered data is lost: %s", label(index), error)
 
 
+def _is_buffered_reader(item: object) -> bool:
+    # A raw FileIO or SocketIO reads nothing ahead; io's buffered and text layers do.
+    if not isinstance(item, (io.BufferedIOBase, io.TextIOBase)):
+        return False
+    try:
+        return bool(item.readable())
+    except ValueError:
+        return False  # closed; _fd_numbers() has rejected it already
+
+
+def _read_positions(
+    items: Sequence[object], item_types: set[type], label: Callable[[int], str]
+) -> list[tuple[int, int]]:
+    """Return (fd, position) for each passed buffered reader: the fd offset at which its unread data starts.
+
+    A buffered reader's fd offset lies past the bytes it has read ahead, and
+    the new run reads from the fd, so reexec() moves the offset back.
+
+    Raises:
+        ValueError: a buffered reader is on an fd that cannot seek, such as
+            a socket's makefile(), so its read-ahead cannot be put back; or
+            a text reader's position is not a plain byte offset.
+    """
+    if item_types <= {int, socket.socket}:
+        return []
+
+    positions = []
+    for index, item in enumerate(items):
+        if not _is_buffered_reader(item):
+            continue
+        reader: io.IOBase = item  # type: ignore[assignment]
+        if not reader.seekable():
+            raise ValueError(
+                f"{label(index)} is a buffered reader on an fd that cannot seek, so the bytes it has read "
+                "ahead would not reach the new run; pass the socket or its fileno() and read from that instead"
+            )
+        try:
+            position = reader.tell()
+        except OSError as error:
+            raise ValueError(
+                f"{label(index)} cannot report its read position ({error}); call reexec() outside a "
+                "for loop over it, or read it with readline()"
+            ) from error
+        # TextIOWrapper.tell() packs decoder state above the low 64 bits.
+        if not 0 <= position < 2**63:
+            raise ValueError(
+                f"{label(index)} stopped inside a multibyte character or a decoder state, so no fd offset "
+                "matches its position; read to the end of a line before the restart"
+            )
+        positions.append((reader.fileno(), position))
+    return positions
+
+
+def _move_fd_offsets(positions: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Set each fd's offset to its position; return (fd, previous offset) for every fd moved."""
+    moved = []
+    for fd, position in positions:
+        previous = os.lseek(fd, 0, os.SEEK_CUR)
+        if previous != position:
+            os.lseek(fd, position, os.SEEK_SET)
+            moved.append((fd, previous))
+    return moved
+
+
+def _restore_fd_offsets(moved: Sequence[tuple[int, int]]) -> None:
+    # The reader objects stay as they were, so their fds must point past the read-ahead again.
+    for fd, previous in reversed(moved):
+        os.lseek(fd, previous, os.SEEK_SET)
+
+
 def _encode_environment(env: Mapping[str, str]) -> list[bytes]:
     # What os.fsencode() does, without its Python-level call per variable.
     encoding, errors = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
@@ -798,7 +869,9 @@ def reexec(
     LISTEN_PID (this PID, which exec keeps) and LISTEN_FDNAMES set, and
     inherit() there turns them back into objects. Every other fd above 2 is
     closed by the exec. stdout, stderr, the logging handlers and every passed
-    object with flush() are flushed first. Never returns on success.
+    object with flush() are flushed first. The fd of each passed buffered
+    reader is moved back to the position it has been read to, so the new run
+    reads on from there. Never returns on success.
 
     The new run starts with SIGPIPE and SIGXFSZ at SIG_DFL. Of the signals
     that the calling thread blocks, those without a handler that the main
@@ -829,7 +902,9 @@ def reexec(
 
     Raises:
         TypeError, ValueError: an fd is closed, invalid or passed twice, a name
-            is invalid, or argv or env is malformed. Nothing has changed.
+            is invalid, or argv or env is malformed. Or a passed buffered
+            reader is on an fd that cannot seek (a socket's makefile(), a
+            pipe), so what it has read ahead would be lost. Nothing has changed.
         fdpass.UpgradeError: an Upgrader's upgrade() is running in this
             process. Nothing has changed.
         OSError: execve failed (for example ENOENT, EACCES or E2BIG). Every fd,
@@ -903,6 +978,8 @@ def reexec(
     path_bytes = _encode_executable(exec_path)
     envp_bytes = _environment_block(env, updates, (*protocol.VARIABLES, _socket_env.VARIABLE))
 
+    read_positions = _read_positions(items, resolved.item_types, resolved.label)
+    moved_offsets: list[tuple[int, int]] = []
     state_fd = None
     standby_stopped: str | None = None
     try:
@@ -923,6 +1000,7 @@ def reexec(
                 standby_stopped = upgrade_module._stop_standby_before_exec()
             _flush_passed(items, resolved.item_types, resolved.label)
             flush_output()
+            moved_offsets = _move_fd_offsets(read_positions)
             saved_cwd = _enter_start_directory(exec_cwd)
             try:
                 errno, bad_index = _native.exec_with_fds(path_bytes, argv_bytes, envp_bytes, numbers)
@@ -930,6 +1008,7 @@ def reexec(
                 _leave_start_directory(saved_cwd)
     finally:
         # Reached only if nothing was executed: a flush or the exec failed.
+        _restore_fd_offsets(moved_offsets)
         if state_fd is not None:
             os.close(state_fd)
         if upgrade_module is not None:

@@ -833,6 +833,8 @@ class Upgrader:
         state_bytes = None if state is None else state_module.to_bytes(state)
         if fds is not None and not isinstance(fds, Mapping):
             raise TypeError(f"fds must be a mapping from name to fd, not {type(fds).__name__}")
+        # NOTE: a buffered reader in fds keeps its read-ahead here, and the
+        # new generation reads on from the fd offset, past those bytes.
         extra = restart._resolve_fds(fds or {})
         extra_numbers, extra_names = extra.numbers, extra.names
         extra_labels = [extra.label(index) for index in range(len(extra_numbers))]
