@@ -94,6 +94,11 @@ def _parse_inet(text: str, rest: str) -> tuple[str, int]:
         return host, _parse_port(text, tail[1:])
 
     host, colon, port_text = rest.rpartition(":")
+    if not colon and rest.isascii() and rest.isdigit():
+        raise ValueError(
+            f"{text!r}: missing host; write 127.0.0.1:{rest} for loopback, 0.0.0.0:{rest} for every IPv4 "
+            f"address or [::]:{rest} for every IPv6 address"
+        )
     if not colon:
         raise ValueError(f"{text!r}: missing port; expected {FORMS}")
     if "=" in host:
@@ -102,6 +107,9 @@ def _parse_inet(text: str, rest: str) -> tuple[str, int]:
             "cannot contain ':'; write NAME=ADDRESS"
         )
     if ":" in host:
+        prefix = host.partition(":")[0]
+        if _is_unknown_prefix(prefix, host):
+            raise ValueError(f"{text!r}: {prefix + ':'!r} is not a known address prefix; expected {FORMS}")
         raise ValueError(f"{text!r}: an IPv6 address needs brackets, as in [{host}]:{port_text}")
     if not host:
         raise ValueError(
@@ -109,6 +117,19 @@ def _parse_inet(text: str, rest: str) -> tuple[str, int]:
             f"or [::]:{port_text} for every IPv6 address"
         )
     return host, _parse_port(text, port_text)
+
+
+def _is_unknown_prefix(prefix: str, host: str) -> bool:
+    """Return whether prefix, the text before the first ':' of host, reads as a scheme such as "sctp", not IPv6."""
+    if not prefix or not prefix.isascii() or not prefix[0].isalpha():
+        return False
+    if not all(char.isalnum() or char in "+-." for char in prefix):
+        return False
+    try:
+        socket.inet_pton(socket.AF_INET6, host.partition("%")[0])
+    except OSError:
+        return True
+    return False
 
 
 def _parse_unix(text: str, rest: str) -> str:

@@ -40,7 +40,12 @@ def test_parse_valid(text, name, address, sock_type):
 
 
 INVALID = [
-    ("8000", "missing port"),
+    ("8000", "missing host; write 127.0.0.1:8000"),
+    ("sctp:127.0.0.1:80", "'sctp:' is not a known address prefix"),
+    ("UDP:127.0.0.1:53", "'UDP:' is not a known address prefix"),
+    ("http://127.0.0.1:80", "'http:' is not a known address prefix"),
+    ("tcp6:[::1]:80", "'tcp6:' is not a known address prefix"),
+    ("fe80::1:80", "needs brackets"),
     ("127.0.0.1", "missing port"),
     ("127.0.0.1:http", "not a port number"),
     ("127.0.0.1:65536", "out of range"),
