@@ -212,6 +212,8 @@ def _bind_error(spec: cliaddress.ListenSpec, error: OSError) -> RunError:
         # listen() checked the path before bind(), and its message names what is there: a
         # file that is not a socket, or a socket another process accepts on.
         return RunError(f"--listen {spec.text}: {error.strerror}", EXIT_BIND_FAILED)
+    if isinstance(error, restart.AddressInUseByThisProcessError):
+        return RunError(f"--listen {spec.text}: {error.strerror}", EXIT_BIND_FAILED)
     if error.errno == errno_module.EADDRINUSE:
         return RunError(
             f"--listen {spec.text}: address already in use; stop the program that listens there "

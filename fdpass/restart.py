@@ -406,10 +406,56 @@ def listen(
                 _log.debug("listen(%r) reuses inherited fd %d", address, description.fd)
                 return obj
 
-        sock = bind_new_socket(target, backlog)
+        try:
+            sock = bind_new_socket(target, backlog)
+        except OSError as error:
+            holder = _holder_of_port(target, inherited) if error.errno == errno_module.EADDRINUSE else None
+            if holder is None:
+                raise
+            raise AddressInUseByThisProcessError(
+                error.errno,
+                f"cannot bind to {target.original!r}: address already in use by this process's {holder}; "
+                "call listen() with that address to use the socket, or close it first",
+            ) from None
         _listeners.append((sock, name or protocol.DEFAULT_NAME, name is not None))
         _log.debug("listen(%r) bound new fd %d", address, sock.fileno())
         return sock
+
+
+_WILDCARD_HOSTS = frozenset({"0.0.0.0", "::"})
+
+
+class AddressInUseByThisProcessError(OSError):
+    """EADDRINUSE from listen() because a socket of this process, inherited or bound earlier, has the port."""
+
+
+def _holder_of_port(target: Target, inherited: Inherited) -> str | None:
+    """Describe this process's socket whose address overlaps target's, or return None.
+
+    Two addresses of one family, type and port overlap when they are equal or
+    either host is the wildcard (0.0.0.0 or ::).
+    """
+    if target.family not in (socket.AF_INET, socket.AF_INET6) or target.any_port:
+        return None
+
+    host, port = target.sockaddr[0], target.sockaddr[1]
+    owned = [
+        (f"inherited fd {description.fd} named {description.name!r}", obj)
+        for description, obj in zip(inherited.descriptions, inherited.objects, strict=True)
+    ]
+    owned += [(f"fd {sock.fileno()} from an earlier listen()", sock) for sock, _, _ in _listeners]
+    for label, obj in owned:
+        if not isinstance(obj, socket.socket) or obj.fileno() == -1:
+            continue
+        if obj.family != target.family or obj.type != target.type:
+            continue
+        try:
+            bound = obj.getsockname()
+        except OSError:
+            continue
+        if bound[1] == port and (bound[0] == host or bound[0] in _WILDCARD_HOSTS or host in _WILDCARD_HOSTS):
+            return f"{label}, bound to {bound[:2]!r}"
+    return None
 
 
 def _find_registered(target: Target, name: str | None) -> socket.socket | None:
@@ -720,7 +766,7 @@ def _is_buffered_reader(item: object) -> bool:
     try:
         return bool(item.readable())
     except ValueError:
-        return False  # closed; _fd_numbers() has rejected it already
+        return False  # a closed file, which _fd_numbers() has rejected already
 
 
 def _read_positions(
@@ -733,7 +779,7 @@ def _read_positions(
 
     Raises:
         ValueError: a buffered reader is on an fd that cannot seek, such as
-            a socket's makefile(), so its read-ahead cannot be put back; or
+            a socket's makefile(), so its read-ahead cannot be put back. Or
             a text reader's position is not a plain byte offset.
     """
     if item_types <= {int, socket.socket}:

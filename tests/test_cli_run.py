@@ -88,6 +88,19 @@ def test_port_in_use_is_reported(children):
     assert "choose another address" in stderr
 
 
+def test_port_held_by_earlier_listen_is_reported(children):
+    """A wildcard --listen on the port of an earlier --listen names that socket, not another program."""
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        port = probe.getsockname()[1]
+    child = children.start(fdpass_run("-l", f"127.0.0.1:{port}", "-l", f"0.0.0.0:{port}", "--", "true"))
+    status, _, stderr = child.finish()
+
+    assert status == 1
+    assert f"--listen 0.0.0.0:{port}: cannot bind" in stderr
+    assert "from an earlier listen()" in stderr
+    assert "stop the program that listens there" not in stderr
+
+
 def test_unix_path_not_socket_is_reported(children, tmp_path):
     """A --listen path that is a regular file gives exit 1 and a "not a socket" message."""
     path = tmp_path / "plain.txt"

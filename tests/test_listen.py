@@ -345,3 +345,36 @@ def test_bad_backlog_rejected(backlog):
         fdpass.listen(("127.0.0.1", 0), backlog=backlog)
 
     assert f"backlog must be an int from 0 to 2147483647, or None, not {backlog!r}" in str(raised.value)
+
+
+# Run 1 listens on 127.0.0.1 and restarts. Run 2 calls listen() with the
+# wildcard address on the same port, which its own inherited socket blocks.
+OWN_PORT_PROGRAM = """
+import json, fdpass
+inherited = fdpass.inherit()
+if "http" not in inherited:
+    fdpass.listen(("127.0.0.1", 0), name="http")
+    fdpass.reexec()
+port = inherited["http"].getsockname()[1]
+report = {"port": port, "fd": inherited["http"].fileno()}
+try:
+    fdpass.listen(("0.0.0.0", port))
+except OSError as error:
+    report.update(type=type(error).__name__, errno=error.errno, message=str(error))
+report["same"] = fdpass.listen(("127.0.0.1", port)) is inherited["http"]
+print(json.dumps(report), flush=True)
+"""
+
+
+def test_port_held_by_inherited_socket(children):
+    """EADDRINUSE from this process's own inherited socket names that fd instead of another program."""
+    child = children.python("-c", OWN_PORT_PROGRAM)
+    report = child.read_json()
+    status, _, stderr = child.finish()
+
+    assert status == 0, stderr
+    assert report["type"] == "AddressInUseByThisProcessError"
+    assert report["errno"] == errno.EADDRINUSE
+    assert f"inherited fd {report['fd']} named 'http'" in report["message"]
+    assert f"('127.0.0.1', {report['port']})" in report["message"]
+    assert report["same"] is True
