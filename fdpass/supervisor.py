@@ -58,6 +58,8 @@ class Generation:
     started: float
     ready: bool = False
     stop_deadline: float | None = None
+    # True once a newer generation took over from this one.
+    replaced: bool = False
 
 
 def exit_code(status: int) -> int:
@@ -314,6 +316,7 @@ class Supervisor:
         )
         self._manager_notify.send(f"READY=1\nSTATUS=Serving with PID {generation.pid}")
         if old is not None:
+            old.replaced = True
             self._stop(old)
 
     def _on_exit(self, pid: int, status: int) -> None:
@@ -347,8 +350,11 @@ class Supervisor:
             return
 
         stopped = self.stopping.pop(pid, None)
-        if stopped is not None:
+        if stopped is not None and stopped.replaced:
             log.info("old PID %d exited with status %d", pid, code)
+            return
+        if stopped is not None:
+            log.info("new PID %d, stopped before it served, exited with status %d", pid, code)
             return
 
         log.debug("reaped orphan PID %d (status %d)", pid, code)

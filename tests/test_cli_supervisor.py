@@ -99,6 +99,8 @@ def test_ready_timeout_stops_new_child(children, tmp_path, seen_groups):
     wait_for_log(supervisor, f"new PID {silent['pid']} sent no READY=1 within 0.5 s")
     wait_until(lambda: pid_is_gone(silent["pid"]), 20, lambda: f"PID {silent['pid']} still runs")
     assert not pid_is_gone(first["pid"])
+    wait_for_log(supervisor, f"new PID {silent['pid']}, stopped before it served, exited with status")
+    assert f"old PID {silent['pid']}" not in supervisor.stderr_text()
 
     supervisor.popen.send_signal(signal.SIGTERM)
     assert supervisor.wait() == 0
