@@ -157,15 +157,19 @@ def _describe_status(status: int | None) -> str:
 
 def _check_pid_file(path: object) -> str:
     """Return path as an absolute str path, or raise TypeError or ValueError naming it."""
+    if isinstance(path, bytes):
+        raise TypeError(f"pid_file must be a str or os.PathLike path, not bytes; pass os.fsdecode({path!r})")
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"pid_file must be a path or None, not {type(path).__name__}")
     text = os.fspath(path)
     if not isinstance(text, str):
-        raise TypeError(f"pid_file must be a str path, not {text!r}")
+        raise TypeError(f"pid_file must be a str path, not {text!r}; pass os.fsdecode() of it")
     if not text:
         raise ValueError("pid_file must be a path to a file, not an empty string")
     if "\0" in text:
         raise ValueError(f"pid_file must not contain a NUL byte: {text!r}")
+    if text.endswith(os.sep) or os.path.basename(text) in (".", ".."):
+        raise ValueError(f"pid_file must name a file, not a directory: {text!r}")
     return os.path.abspath(text)
 
 
@@ -385,6 +389,8 @@ class Upgrader:
         self._pid_file = pid_path
         self._lock = threading.Lock()
         self._state = _STARTING
+        # Stays True after stop(), so that ready() again does nothing, as documented.
+        self._ready_called = False
         self._attempt: _Attempt | None = None
         self._upgrading = False
         self._successor: int | None = None
@@ -523,7 +529,7 @@ class Upgrader:
         global _ready_pipe_closed_in
 
         with self._lock:
-            if self._state in (_READY, _HANDED_OVER):
+            if self._state in (_READY, _HANDED_OVER) or self._ready_called:
                 return
             if self._state == _STOPPED:
                 raise UpgradeError("ready() was called after stop(); this generation no longer serves")
@@ -532,6 +538,7 @@ class Upgrader:
             if self._pid_file is not None:
                 write_pid_file(self._pid_file, os.getpid())
             self._state = _READY
+            self._ready_called = True
             self._serving_loop = _running_loop()
             ready_pipe, self._ready_pipe = self._ready_pipe, None
             if ready_pipe is not None:

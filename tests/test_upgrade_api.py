@@ -214,6 +214,17 @@ def test_stop_ends_wait_exit_and_upgrades():
         upgrader.upgrade()
 
 
+def test_ready_again_after_stop_does_nothing():
+    """ready() after ready() and stop() does nothing, as a repeated ready() does."""
+    upgrader = fdpass.Upgrader()
+    upgrader.ready()
+    upgrader.stop()
+
+    upgrader.ready()
+
+    assert upgrader.wait_exit(timeout=0) is True
+
+
 def test_ready_after_stop_raises():
     """A generation that stopped before ready() cannot become ready."""
     upgrader = fdpass.Upgrader()
@@ -332,11 +343,17 @@ def test_pid_file_error_names_pid_file(tmp_path):
     [
         ("", ValueError, "pid_file must be a path to a file, not an empty string"),
         ("run/a\0b.pid", ValueError, "pid_file must not contain a NUL byte: 'run/a\\x00b.pid'"),
-        (b"server.pid", TypeError, "pid_file must be a path or None, not bytes"),
+        (
+            b"server.pid",
+            TypeError,
+            "pid_file must be a str or os.PathLike path, not bytes; pass os.fsdecode(b'server.pid')",
+        ),
+        ("run/", ValueError, "pid_file must name a file, not a directory: 'run/'"),
+        ("run/..", ValueError, "pid_file must name a file, not a directory: 'run/..'"),
     ],
 )
 def test_upgrader_rejects_bad_pid_file(pid_file, error, message):
-    """The constructor rejects an empty pid_file or one with a NUL byte, naming the value."""
+    """The constructor rejects an empty pid_file, a NUL byte, bytes or a directory path, naming the value."""
     with pytest.raises(error) as caught:
         fdpass.Upgrader(pid_file=pid_file)
 
