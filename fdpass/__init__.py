@@ -16,7 +16,16 @@ if not sys.platform.startswith("linux"):
 
 from fdpass.protocol import ListenEnv
 from fdpass.rebuild import Description
-from fdpass.restart import Inherited, flush_output, inherit, inherited_state, listen, listeners, reexec
+from fdpass.restart import (
+    AddressInUseByThisProcessError,
+    Inherited,
+    flush_output,
+    inherit,
+    inherited_state,
+    listen,
+    listeners,
+    reexec,
+)
 
 # Upgrader and UpgradeError load fdpass.upgrade on first use (PEP 562), so a
 # program that only restarts in place does not pay for importing it.
@@ -41,6 +50,7 @@ def __getattr__(name: str) -> object:
 __version__ = "0.1.0"
 
 __all__ = [
+    "AddressInUseByThisProcessError",
     "Description",
     "Inherited",
     "ListenEnv",

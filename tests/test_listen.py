@@ -361,6 +361,7 @@ try:
     fdpass.listen(("0.0.0.0", port))
 except OSError as error:
     report.update(type=type(error).__name__, errno=error.errno, message=str(error))
+    report["exported"] = isinstance(error, fdpass.AddressInUseByThisProcessError)
 report["same"] = fdpass.listen(("127.0.0.1", port)) is inherited["http"]
 print(json.dumps(report), flush=True)
 """
@@ -374,6 +375,7 @@ def test_port_held_by_inherited_socket(children):
 
     assert status == 0, stderr
     assert report["type"] == "AddressInUseByThisProcessError"
+    assert report["exported"] is True
     assert report["errno"] == errno.EADDRINUSE
     assert f"inherited fd {report['fd']} named 'http'" in report["message"]
     assert f"('127.0.0.1', {report['port']})" in report["message"]
