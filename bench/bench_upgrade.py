@@ -11,9 +11,11 @@ needs Python 3.12 or newer; when that interpreter cannot import it, the
 tableflip side is skipped. For each side the driver starts the first
 generation, keeps one client process opening a connection and sending one
 request at a time, and sends SIGHUP for each round. It waits until the new
-generation is ready and the old one has exited, then --upgrade-interval
-seconds more, before the next round. The sides take turns of BLOCK
-upgrades, and only the side whose turn it is has its client sending.
+generation is ready and the old one has exited, and starts the next round
+--upgrade-period seconds after the last SIGHUP. Every side thus gets the
+same upgrades per second, and its client the same share of requests sent
+during upgrades. The sides take turns of BLOCK upgrades, and only the side
+whose turn it is has its client sending.
 
 Measured per side:
 - upgrade latency: the seconds the old generation's upgrade() call took,
@@ -326,14 +328,20 @@ UPGRADE_WINDOW = 0.3
 
 
 def run_interleaved(
-    python: str, libraries: list[str], rounds: int, tmp_path: pathlib.Path, interval: float = 0.0
+    python: str,
+    libraries: list[str],
+    rounds: int,
+    tmp_path: pathlib.Path,
+    period: float = 0.0,
+    interval: float | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Upgrade each library's server in turns of BLOCK upgrades, each under its own client's load.
 
     All servers stay up for the whole run, but only the side being measured
     has its client sending, so each side's upgrades see the same load: one
     server, one client. The turns rotate, so slow phases of the machine fall
-    on every side alike.
+    on every side alike. Rounds start period seconds apart, or, with
+    interval, interval seconds after the previous upgrade has ended.
     """
     sides: list[Side] = []
     try:
@@ -354,7 +362,10 @@ def run_interleaved(
                     # The client keeps sending, so its latencies include
                     # the new generation's work after ready(), such as
                     # starting its standby.
-                    time.sleep(interval)
+                    if interval is not None:
+                        time.sleep(interval)
+                    else:
+                        time.sleep(max(0.0, side.round_starts[-1] + period - time.perf_counter()))
                 side.client.pause()
                 side.turns.append((begun, time.perf_counter()))
             done += count
@@ -496,6 +507,7 @@ def test_upgrade_latency_against_tableflip(
     """Median upgrade latency and client p99 of fdpass and tableflip, same server, same load, one run."""
     python = request.config.getoption("--upgrade-python")
     rounds = request.config.getoption("--upgrade-rounds")
+    period = request.config.getoption("--upgrade-period")
     interval = request.config.getoption("--upgrade-interval")
     if not can_import(python, "fdpass"):
         pytest.skip(f"{python} cannot import fdpass; install it there or pass --upgrade-python")
@@ -504,7 +516,7 @@ def test_upgrade_latency_against_tableflip(
     raw: dict[str, dict[str, Any]] = {}
 
     def measure() -> None:
-        raw.update(run_interleaved(python, sides, rounds, tmp_path, interval))
+        raw.update(run_interleaved(python, sides, rounds, tmp_path, period, interval))
 
     benchmark.pedantic(measure, rounds=1, iterations=1)
 
@@ -532,7 +544,8 @@ def test_upgrade_latency_against_tableflip(
                 benchmark.extra_info[f"{key}_interval"] = list(
                     p99_ratio_interval(samples[library], samples[baseline_name])
                 )
-    print_table(python, rounds, interval, summary, benchmark.extra_info)
+    schedule = f"one every {period:g} s" if interval is None else f"each {interval:g} s after the last one ended"
+    print_table(python, rounds, schedule, summary, benchmark.extra_info)
     for library, samples in raw.items():
         for error in samples["errors"][:5] + samples["failures"][:5] + samples["tracebacks"][:1]:
             print(f"{library}: {error}")
@@ -546,7 +559,7 @@ def test_upgrade_latency_against_tableflip(
 
 
 def print_table(
-    python: str, rounds: int, interval: float, summary: dict[str, dict[str, Any]], extra: dict[str, Any]
+    python: str, rounds: int, schedule: str, summary: dict[str, dict[str, Any]], extra: dict[str, Any]
 ) -> None:
     columns = [
         ("upgrades", "{:d}"), ("upgrade_median_ms", "{:.1f}"), ("upgrade_max_ms", "{:.1f}"),
@@ -555,7 +568,7 @@ def print_table(
         ("client_p50_ms", "{:.2f}"), ("client_p99_ms", "{:.2f}"), ("client_max_ms", "{:.1f}"),
         ("window_requests", "{:d}"), ("window_p99_ms", "{:.2f}"),
     ]
-    print(f"\nupgrade benchmark: {rounds} upgrades per side, {interval:g} s apart, servers on {python}")
+    print(f"\nupgrade benchmark: {rounds} upgrades per side, {schedule}, servers on {python}")
     print("| library | " + " | ".join(name for name, _ in columns) + " |")
     print("|---|" + "---|" * len(columns))
     for library, row in summary.items():

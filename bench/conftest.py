@@ -27,8 +27,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     upgrade.addoption("--upgrade-rounds", type=int, default=20, help="upgrades in a row per side (default: 20)")
     upgrade.addoption(
-        "--upgrade-interval", type=float, default=0.5,
-        help="seconds between one upgrade's end and the next SIGHUP, with the client sending (default: 0.5)",
+        "--upgrade-period", type=float, default=0.7,
+        help="seconds from one SIGHUP to the next, the same for every side, with the client sending; "
+        "a round that takes longer starts the next one at once (default: 0.7)",
+    )
+    upgrade.addoption(
+        "--upgrade-interval", type=float, default=None,
+        help="wait this many seconds after each upgrade has ended, in place of --upgrade-period; "
+        "a side with faster upgrades then gets more upgrades per second (default: unset)",
     )
     upgrade.addoption(
         "--upgrade-raw", default=None, metavar="PATH",
