@@ -95,11 +95,9 @@ def _parse_inet(text: str, rest: str) -> tuple[str, int]:
 
     host, colon, port_text = rest.rpartition(":")
     if not colon and rest.isascii() and rest.isdigit():
-        raise ValueError(
-            f"{text!r}: missing host; write 127.0.0.1:{rest} for loopback, 0.0.0.0:{rest} for every IPv4 "
-            f"address or [::]:{rest} for every IPv6 address"
-        )
-    if not colon:
+        # A bare port such as 8000 lacks the host, not the port.
+        port_text = rest
+    elif not colon:
         raise ValueError(f"{text!r}: missing port; expected {FORMS}")
     if "=" in host:
         raise ValueError(
@@ -113,8 +111,8 @@ def _parse_inet(text: str, rest: str) -> tuple[str, int]:
         raise ValueError(f"{text!r}: an IPv6 address needs brackets, as in [{host}]:{port_text}")
     if not host:
         raise ValueError(
-            f"{text!r}: missing host; write 0.0.0.0:{port_text} for every IPv4 address "
-            f"or [::]:{port_text} for every IPv6 address"
+            f"{text!r}: missing host; write 127.0.0.1:{port_text} for loopback, 0.0.0.0:{port_text} for "
+            f"every IPv4 address or [::]:{port_text} for every IPv6 address"
         )
     return host, _parse_port(text, port_text)
 
