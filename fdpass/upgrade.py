@@ -389,7 +389,8 @@ class Upgrader:
         self._pid_file = pid_path
         self._lock = threading.Lock()
         self._state = _STARTING
-        # Stays True after stop(), so that ready() again does nothing, as documented.
+        # True once ready() has succeeded, and still after a hand-over or
+        # stop(), so that a later ready() does nothing.
         self._ready_called = False
         self._attempt: _Attempt | None = None
         self._upgrading = False
@@ -529,7 +530,7 @@ class Upgrader:
         global _ready_pipe_closed_in
 
         with self._lock:
-            if self._state in (_READY, _HANDED_OVER) or self._ready_called:
+            if self._ready_called:
                 return
             if self._state == _STOPPED:
                 raise UpgradeError("ready() was called after stop(); this generation no longer serves")
