@@ -41,7 +41,7 @@ def in_new_thread(function):
 
 
 #: The scheduler may migrate a thread between this_cpu() and move_to_cpu(),
-#: which then sees another starting CPU, so each case below has this many tries.
+#: which then reads another starting CPU, so each case below has this many tries.
 ATTEMPTS = 10
 
 
