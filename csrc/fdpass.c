@@ -13,6 +13,7 @@
 #include <signal.h>
 #include <sched.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -1324,4 +1325,84 @@ int fdpass_move_to_cpu(int cpu)
     for (int i = 0; i < CPU_SETSIZE; i++)
         CPU_SET(i, &mask);
     return sched_setaffinity(0, sizeof mask, &mask) == -1 ? -1 : 1;
+}
+
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+
+/* Write-fault the pages [start, start + len) so that this process owns them. */
+static int unshare_run(char *start, size_t len, size_t page, int *populate)
+{
+    if (*populate) {
+        if (madvise(start, len, MADV_POPULATE_WRITE) == 0)
+            return 0;
+        if (errno != EINVAL)
+            return -1;
+        *populate = 0; /* before Linux 5.14 */
+    }
+
+    /* An atomic add of 0 writes without changing what another thread stores. */
+    for (size_t offset = 0; offset < len; offset += page)
+        __atomic_fetch_add(start + offset, 0, __ATOMIC_RELAXED);
+    return 0;
+}
+
+/*
+ * Take a private copy now of every resident page of every private writable
+ * mapping, as a write would. After fork(), parent and child share such pages
+ * until one of them writes, and the writer then pays a copy-on-write fault.
+ * A forked standby and its parent call this while they are idle, so the
+ * program that one of them later runs takes no such fault. Pages that are
+ * not resident are left alone, so the call adds no memory that the process
+ * has not used. Returns the number of pages written, or -1 if
+ * /proc/self/maps cannot be read.
+ */
+long fdpass_unshare_private_pages(void)
+{
+    enum { CHUNK_PAGES = 4096 };
+    unsigned char residency[CHUNK_PAGES];
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    int populate = 1;
+    long written = 0;
+    char line[512];
+    FILE *maps;
+
+    maps = fopen("/proc/self/maps", "re");
+    if (maps == NULL)
+        return -1;
+
+    /* A line longer than the buffer, with a long path, goes on in the next
+     * fgets(), which sscanf() then rejects: only its start matters here. */
+    while (fgets(line, sizeof line, maps) != NULL) {
+        unsigned long start, end;
+        char perms[5];
+        int name_at = 0;
+
+        if (sscanf(line, "%lx-%lx %4s %*s %*s %*s %n", &start, &end, perms, &name_at) < 3)
+            continue;
+        /* [vvar], [vvar_vclock] and [vsyscall] belong to the kernel. */
+        if (strcmp(perms, "rw-p") != 0 || (name_at > 0 && strncmp(line + name_at, "[v", 2) == 0))
+            continue;
+
+        for (size_t chunk = start; chunk < end; chunk += CHUNK_PAGES * page) {
+            size_t pages = (end - chunk) / page < CHUNK_PAGES ? (end - chunk) / page : CHUNK_PAGES;
+            size_t run = 0;
+
+            if (mincore((void *)chunk, pages * page, residency) == -1)
+                break;
+            for (size_t i = 0; i <= pages; i++) {
+                if (i < pages && (residency[i] & 1)) {
+                    run++;
+                    continue;
+                }
+                if (run > 0 && unshare_run((char *)(chunk + (i - run) * page), run * page, page, &populate) == 0)
+                    written += (long)run;
+                run = 0;
+            }
+        }
+    }
+
+    fclose(maps);
+    return written;
 }

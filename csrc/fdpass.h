@@ -54,3 +54,8 @@ int fdpass_kill_timer_cancel(intptr_t timer);
  * online CPU, and give it every CPU again in the same call. Returns 1 if it
  * moved, 0 if it was left where it was. */
 int fdpass_move_to_cpu(int cpu);
+
+/* Write-fault every resident page of every private writable mapping, so
+ * that this process no longer shares it with a process it forked or that
+ * forked it. Returns the number of pages, or -1 with errno. */
+long fdpass_unshare_private_pages(void);

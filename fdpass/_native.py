@@ -251,3 +251,17 @@ def move_to_cpu(cpu: int) -> bool:
     if moved == -1:
         raise_errno(ffi.errno)
     return moved == 1
+
+
+def unshare_private_pages() -> int:
+    """Take a private copy of every resident page that fork() left shared; return how many.
+
+    See fdpass_unshare_private_pages() in csrc/fdpass.c.
+
+    Raises:
+        OSError: /proc/self/maps could not be read.
+    """
+    written = lib.fdpass_unshare_private_pages()
+    if written == -1:
+        raise_errno(ffi.errno)
+    return int(written)
