@@ -11,14 +11,20 @@ bootstrap from bootstrap_code() imports this module and calls main(), which:
    has loaded and of every .pth file in its sys.path directories, the
    modules that failed to import, and the fds it has open besides its
    control socket, so the parent can tell whether it is still fresh;
-3. blocks until the parent sends the hand-over: the fds, their names, the
+3. if the request asks for it, forks its successor: the standby that the
+   generation it becomes will use, already preloaded (see fork_successor());
+4. blocks until the parent sends the hand-over: the fds, their names, the
    environment, the working directory and the command line;
-4. puts the fds on 3, 4, ..., closes every other fd above 2, takes the
+5. puts the fds on 3, 4, ..., closes every other fd above 2, takes the
    environment, arms the ready() deadline that it names, takes the directory
    and command line, and runs the program as a fresh start of that command
    line would.
 
-EOF, ECONNRESET or EPIPE on the control socket at steps 1 to 3 means the
+A successor starts at step 1 with a control socket to its parent, and its
+parent's Upgrader adopts it in place of starting a new interpreter (see
+fdpass.prestart.start()).
+
+EOF, ECONNRESET or EPIPE on the control socket at steps 1 to 4 means the
 parent is gone, and the standby exits with status 0. A parent killed before
 it read the report makes the standby's next recvmsg() fail with ECONNRESET
 instead of reading EOF. The standby ignores SIGINT until the hand-over, so
@@ -39,9 +45,14 @@ import pkgutil
 import signal
 import socket
 import sys
+import threading
 import time
 
 from fdpass import protocol
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 #: The LISTEN_FDNAMES name of the standby's control socket.
 STANDBY_FD_NAME = "fdpass-standby"
@@ -63,6 +74,53 @@ _NEVER_PRELOADED = frozenset({"__main__", "this", "antigravity"})
 
 class StandbyProtocolError(Exception):
     """A record on the control socket was truncated, unknown or out of place."""
+
+
+class Successor:
+    """A standby forked by this process before its hand-over, for the Upgrader of the generation it became.
+
+    origin holds what the successor inherited that a fresh standby would
+    take from the generation at its start: the standby's interpreter and
+    options, and its start-up variables, executable, stdio, process
+    attributes, sys.path entry and working directory, under the names of
+    fdpass.prestart.Standby's attributes. A successor is adopted only if a
+    fresh standby would get the same.
+    """
+
+    def __init__(self, pid: int, control: socket.socket, origin: dict[str, Any]) -> None:
+        self.pid = pid
+        self.control = control
+        self.origin = origin
+        # A child that the generation forks without exec must not adopt or kill it.
+        self.owner_pid = os.getpid()
+
+
+#: The successor that this process forked, until its Upgrader adopts or discards it.
+successor: Successor | None = None
+
+
+def take_successor() -> Successor | None:
+    """Return this process's successor and forget it, or None; the caller adopts or kills it."""
+    global successor
+
+    taken = successor
+    if taken is None or taken.owner_pid != os.getpid():
+        return None
+    successor = None
+    return taken
+
+
+def discard_successor() -> None:
+    """Kill and reap this process's successor, if it has one, because no Upgrader will adopt it."""
+    taken = take_successor()
+    if taken is None:
+        return
+    taken.control.close()
+    try:
+        os.kill(taken.pid, signal.SIGKILL)
+        os.waitpid(taken.pid, 0)
+    except (ProcessLookupError, ChildProcessError):
+        pass
 
 
 def bootstrap_code(package_dir: str) -> str:
@@ -234,11 +292,11 @@ def open_fds(control_fd: int) -> list[list[object]]:
     return sorted(fds)
 
 
-def _place_fds(fds: list[int]) -> None:
-    """Put fds on 3, 4, ... with FD_CLOEXEC clear, and close every other fd above 2.
+def _place_fds(fds: list[int], keep: int | None = None) -> None:
+    """Put fds on 3, 4, ... with FD_CLOEXEC clear, and close every other fd above 2 but keep.
 
     Every fd is first copied above the target range, so no move overwrites
-    an fd that a later move still needs.
+    an fd that a later move still needs. keep must lie above that range.
     """
     first = protocol.FIRST_FD
     end = first + len(fds)
@@ -254,7 +312,11 @@ def _place_fds(fds: list[int]) -> None:
     # NOTE: a preloaded module that keeps an fd open loses it here, because
     # a cold start would not have it either.
     # The standby never lowers RLIMIT_NOFILE, so no fd sits above the limit.
-    os.closerange(end, os.sysconf("SC_OPEN_MAX"))
+    if keep is None:
+        os.closerange(end, os.sysconf("SC_OPEN_MAX"))
+        return
+    os.closerange(end, keep)
+    os.closerange(keep + 1, os.sysconf("SC_OPEN_MAX"))
 
 
 def _set_environment(environ: dict[str, str]) -> None:
@@ -347,6 +409,81 @@ def _receive_or_exit(control: socket.socket) -> tuple[object, list[int]]:
     return message
 
 
+def _origin(started: dict[str, Any], path_entry: str | None) -> dict[str, Any]:
+    """Return what a successor forked now inherits, as fdpass.prestart.Standby names it."""
+    from fdpass import command, prestart
+
+    parsed = command.parse_python_argv(sys.orig_argv)
+    return {
+        **started,
+        "interpreter": parsed.interpreter,
+        "options": parsed.options,
+        "process_attributes": prestart._process_attributes(),
+        "path_entry": path_entry,
+        "cwd": command.getcwd_or_none(),
+    }
+
+
+def fork_successor(control: socket.socket, origin: dict[str, Any]) -> socket.socket | None:
+    """Fork the next standby; return its control socket in the child, and None in this process.
+
+    A standby's start-up costs the interpreter's start and every import
+    again, tens of ms of CPU while the new generation serves. A fork costs
+    a copy of the page tables, and the copy-on-write faults that parent and
+    child then take. Both take them at once, while they wait, through
+    fdpass_unshare_private_pages(), so the program that this process runs
+    after its hand-over takes none. The successor keeps this process's
+    hash secret, address-space layout and stack canary, as a process that
+    never restarted would. Upgrader(prestart_fork=False) starts each
+    standby fresh instead.
+
+    Forks only while this process runs a single thread: a preloaded module
+    that started one makes fork() unsafe, and the generation then starts a
+    fresh standby. Returns None then too.
+    """
+    global successor
+
+    try:
+        single_threaded = threading.active_count() == 1 and len(os.listdir("/proc/self/task")) == 1
+    except OSError:
+        single_threaded = False  # /proc is not mounted, so threads started from C cannot be counted
+    if not single_threaded:
+        return None
+    from fdpass import _native
+
+    parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    pid = os.fork()
+    if pid == 0:
+        control.close()
+        parent_end.close()
+        try:
+            _native.unshare_private_pages()
+        except OSError:
+            pass  # /proc is not mounted: the faults come later, in whichever process writes first
+        return child_end
+
+    child_end.close()
+    successor = Successor(pid, parent_end, origin)
+    try:
+        _native.unshare_private_pages()
+    except OSError:
+        pass
+    return None
+
+
+def _hand_over_keeping_successor(fds: list[int]) -> None:
+    """Run _place_fds(), with the successor's control socket moved above the passed fds and kept."""
+    global successor
+
+    if successor is None:
+        _place_fds(fds)
+        return
+    keep = fcntl.fcntl(successor.control.fileno(), fcntl.F_DUPFD_CLOEXEC, protocol.FIRST_FD + len(fds))
+    successor.control.close()
+    successor.control = socket.socket(fileno=keep)
+    _place_fds(fds, keep)
+
+
 def main() -> None:
     """Preload, report, wait for the hand-over, and run the program; see the module docstring."""
     started_ns = time.time_ns()
@@ -355,29 +492,47 @@ def main() -> None:
     base_path = list(sys.path)
     control = _control_socket()
 
-    request = _receive_or_exit(control)[0]
-    if not isinstance(request, dict):
-        raise StandbyProtocolError(f"expected a preload request object, not {request!r:.200}")
-    names = request["modules"]
-    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
-        raise StandbyProtocolError(f"expected a list of module names, not {names!r:.200}")
-    path_entry = request["path_entry"]
-    # A module next to the script shadows the stdlib in a cold start, so it must here too.
-    if isinstance(path_entry, str):
-        sys.path.insert(0, path_entry)
-    failed = _preload(names)
-    try:
-        report = {
-            "pid": os.getpid(),
-            "modules": _module_files(started_ns),
-            "pth_directories": base_path,
-            "pth_files": pth_files(base_path, started_ns),
-            "fds": open_fds(control.fileno()),
-            "failed": failed,
-        }
-        send_message(control, report)
-    except (BrokenPipeError, ConnectionResetError):
-        os._exit(0)
+    from fdpass import prestart
+
+    # A successor inherits these from this first standby, so they are read at its start.
+    started = {
+        "startup_variables": prestart._startup_variables(os.environ),
+        "executable_id": prestart._executable_id(),
+        "stdio_ids": prestart._stdio_ids(),
+    }
+
+    while True:
+        request = _receive_or_exit(control)[0]
+        if not isinstance(request, dict):
+            raise StandbyProtocolError(f"expected a preload request object, not {request!r:.200}")
+        names = request["modules"]
+        if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+            raise StandbyProtocolError(f"expected a list of module names, not {names!r:.200}")
+        path_entry = request["path_entry"]
+        # A module next to the script shadows the stdlib in a cold start, so it must here too.
+        # A successor has the entry from its parent's request already.
+        if isinstance(path_entry, str) and sys.path[:1] != [path_entry]:
+            sys.path.insert(0, path_entry)
+        failed = _preload(names)
+        try:
+            report = {
+                "pid": os.getpid(),
+                "modules": _module_files(started_ns),
+                "pth_directories": base_path,
+                "pth_files": pth_files(base_path, started_ns),
+                "fds": open_fds(control.fileno()),
+                "failed": failed,
+            }
+            send_message(control, report)
+        except (BrokenPipeError, ConnectionResetError):
+            os._exit(0)
+
+        if not request.get("fork"):
+            break
+        successor_control = fork_successor(control, _origin(started, path_entry))
+        if successor_control is None:
+            break
+        control = successor_control
 
     payload, fds = _receive_or_exit(control)
     control.close()
@@ -387,7 +542,7 @@ def main() -> None:
     if declared != str(len(fds)):
         raise StandbyProtocolError(f"the hand-over carries {len(fds)} fds, but LISTEN_FDS is {declared!r}")
 
-    _place_fds(fds)
+    _hand_over_keeping_successor(fds)
     _set_environment(payload["env"])
     # The program may hang before it creates its Upgrader, which would arm
     # the ready() deadline, so it is armed here. The parent's preload

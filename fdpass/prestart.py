@@ -395,8 +395,55 @@ def _move_to_cpu(standby_pid: int) -> None:
         _log.warning("moving thread %d onto CPU %d failed: %s; check its mask with taskset -p", thread, cpu, error)
 
 
-def start(modules: tuple[str, ...] | None) -> Standby:
+def _adopt_successor(
+    parsed: command.PythonCommand,
+    environ: Mapping[str, str],
+    explicit: bool,
+    cwd: str | None,
+    request: dict[str, object],
+) -> Standby | None:
+    """Return the successor that this process forked as a standby, with request sent, or None to start a fresh one.
+
+    A successor is adopted only if a fresh standby would start with what
+    it inherited (see fdpass._standby.Successor); otherwise it is killed.
+    """
+    successor = standby_module.take_successor()
+    if successor is None:
+        return None
+
+    standby = Standby(successor.pid, successor.control, parsed, environ, explicit, cwd)
+    differing = [
+        name
+        for name, value in successor.origin.items()
+        if getattr(standby, name) != value and (name != "cwd" or standby.path_entry == "")
+    ]
+    if differing or not request["fork"]:
+        standby.kill()
+        if differing:
+            _log.info(
+                "standby PID %d, forked before the hand-over, differs from a fresh standby in its %s, "
+                "so a fresh one starts",
+                successor.pid,
+                ", ".join(name.replace("_", " ") for name in differing),
+            )
+        return None
+
+    try:
+        standby.control.settimeout(10.0)
+        standby_module.send_message(standby.control, request)
+    except OSError as error:
+        standby.kill()
+        _log.info("the forked standby PID %d is gone (%s), so a fresh one starts", standby.pid, error)
+        return None
+    return standby
+
+
+def start(modules: tuple[str, ...] | None, fork: bool = True) -> Standby:
     """Start a standby of this program that preloads modules, or the default set if modules is None.
+
+    Adopts the successor that this process forked as a standby before its
+    hand-over, if it has one and it is as a fresh standby would be. With
+    fork, the standby forks its own successor once it has preloaded.
 
     Raises:
         ValueError: this program cannot be started again (see fdpass.command).
@@ -409,6 +456,12 @@ def start(modules: tuple[str, ...] | None) -> Standby:
     parsed = command.parse_python_argv(current.argv)
     explicit = modules is not None
     names = list(modules) if modules is not None else standby_module.default_preload()
+    path_entry = standby_module.main_path_entry(parsed.kind, parsed.target, current.cwd)
+    request: dict[str, object] = {"modules": names, "path_entry": path_entry, "fork": fork}
+
+    adopted = _adopt_successor(parsed, environ, explicit, current.cwd, request)
+    if adopted is not None:
+        return adopted
 
     package_dir = os.path.dirname(os.path.dirname(os.path.abspath(standby_module.__file__)))
     argv = [parsed.interpreter, *parsed.options, "-c", standby_module.bootstrap_code(package_dir)]
@@ -434,7 +487,7 @@ def start(modules: tuple[str, ...] | None) -> Standby:
     standby = Standby(pid, parent_end, parsed, environ, explicit, current.cwd)
     try:
         parent_end.settimeout(10.0)
-        standby_module.send_message(parent_end, {"modules": names, "path_entry": standby.path_entry})
+        standby_module.send_message(parent_end, request)
     except OSError:
         standby.kill()
         raise

@@ -346,6 +346,12 @@ class Upgrader:
             thread moves onto the standby's CPU once the standby has
             preloaded. False (the default) starts each new generation
             cold. See docs/upgrade.md.
+        prestart_fork: with prestart, each standby forks the next one once
+            it has preloaded, and the generation it becomes adopts that one
+            instead of starting an interpreter. False starts every standby
+            fresh, so no two generations share a hash secret,
+            address-space layout or stack canary, at the cost of a full
+            interpreter start-up after each upgrade.
 
     Raises:
         TypeError, ValueError: an argument is malformed, for example prestart
@@ -362,6 +368,7 @@ class Upgrader:
         upgrade_timeout: float = 60.0,
         pid_file: str | os.PathLike[str] | None = None,
         prestart: bool | Sequence[str] = False,
+        prestart_fork: bool = True,
     ) -> None:
         global _active, _ready_pipe_closed_in
 
@@ -372,6 +379,8 @@ class Upgrader:
             from fdpass import prestart as prestart_module
 
             prestart_modules = prestart_module.check_prestart(prestart)
+        if not isinstance(prestart_fork, bool):
+            raise TypeError(f"prestart_fork must be True or False, not {prestart_fork!r}")
 
         # Raises the ValueError for malformed LISTEN_* variables before any state changes.
         restart.inherit()
@@ -400,6 +409,7 @@ class Upgrader:
         self._exit_read_fd, self._exit_write_fd = os.pipe()
         self._exit_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self._prestart = prestart_modules
+        self._prestart_fork = prestart_fork
         # Only this process may kill the standby, never a child forked without exec.
         self._owner_pid = os.getpid()
         # Held while a standby starts or is taken, so upgrade() waits for one being started.
@@ -556,7 +566,10 @@ class Upgrader:
             )
         else:
             self._notify_ready(ready_pipe)
-        if self._prestart is False or self._parent_gone:
+        if self._prestart is False:
+            _discard_successor()
+            return
+        if self._parent_gone:
             self._start_standby()
             return
 
@@ -1076,7 +1089,7 @@ class Upgrader:
                 return None
 
         try:
-            standby = prestart_module.start(None if self._prestart is True else self._prestart)
+            standby = prestart_module.start(None if self._prestart is True else self._prestart, self._prestart_fork)
         except (OSError, ValueError) as error:
             _log.warning("could not start a standby, so the next upgrade starts cold: %s", error)
             return None
@@ -1119,6 +1132,7 @@ class Upgrader:
             pass
 
     def _stop_standby(self) -> None:
+        _discard_successor()
         standby = self._take_standby(for_upgrade=False)
         if standby is None:
             return
@@ -1691,6 +1705,14 @@ def _restart_standby_after_exec_failure(stopped: str | None) -> None:
             upgrader._start_pending_standby()
         return
     upgrader._start_standby()
+
+
+def _discard_successor() -> None:
+    """Kill the standby that this process forked before its hand-over, if no Upgrader has adopted it."""
+    # A process that never imported fdpass._standby forked no successor.
+    module = sys.modules.get("fdpass._standby")
+    if module is not None:
+        module.discard_successor()
 
 
 def _resolve_future(future: asyncio.Future[None]) -> None:

@@ -109,7 +109,7 @@ class Run:
                 raise AssertionError(f"no {description}: {error}; events: {self.events}") from None
             self.events.append(event)
             self.pids.add(event["pid"])
-            for field in ("standby_pid", "new_pid"):
+            for field in ("standby_pid", "new_pid", "successor_pid"):
                 if isinstance(event.get(field), int):
                     self.pids.add(event[field])
             if match(event):
@@ -207,9 +207,14 @@ def start_run(settled_install, reaper, children, tmp_path) -> Callable[..., Run]
     return start
 
 
-def test_new_generation_is_the_standby(start_run):
-    """The standby becomes the new generation, with LISTEN_PID, the listener and only the passed fds."""
-    run = start_run()
+@pytest.mark.parametrize("fork", [True, False], ids=["fork", "exec"])
+def test_new_generation_is_the_standby(start_run, fork):
+    """The standby becomes the new generation, with LISTEN_PID, the listener and only the passed fds.
+
+    With prestart_fork, it also holds the control socket of the successor
+    it forked, and adopts that successor as its own standby.
+    """
+    run = start_run("--prestart-fork", json.dumps(fork))
     standby = run.ready["standby_pid"]
     assert isinstance(standby, int)
 
@@ -219,13 +224,94 @@ def test_new_generation_is_the_standby(start_run):
     assert upgraded["new_pid"] == standby
     assert ready["listen_pid"] == str(standby)
     assert ready["has_parent"] is True
-    assert sorted(ready["fds"], key=int) == ["0", "1", "2", "3", "4", "5"]
-    assert ready["fds"]["3"].startswith("socket:")
-    assert ready["fds"]["4"].startswith("pipe:")
-    assert ready["fds"]["5"].startswith("pipe:")
+    fds = dict(ready["fds"])
+    if fork:
+        assert isinstance(ready["successor_pid"], int)
+        assert fds.pop(ready["successor_fd"]).startswith("socket:")
+    else:
+        assert ready["successor_pid"] is None
+    assert sorted(fds, key=int) == ["0", "1", "2", "3", "4", "5"]
+    assert fds["3"].startswith("socket:")
+    assert fds["4"].startswith("pipe:")
+    assert fds["5"].startswith("pipe:")
     assert ready["argv"][1:] == run.ready["argv"][1:]
     assert send_request(run.address, "hello").split()[0] == str(standby)
-    assert run.wait_event(standby, "standby")["standby_pid"] not in (None, standby)
+    next_standby = run.wait_event(standby, "standby")["standby_pid"]
+    assert next_standby not in (None, standby)
+    if fork:
+        assert next_standby == ready["successor_pid"]
+    run.finish()
+
+
+def write_module(directory: pathlib.Path, name: str, code: str) -> None:
+    """Write a module with an mtime well before any standby's start, which a standby then trusts."""
+    directory.mkdir(exist_ok=True)
+    path = directory / f"{name}.py"
+    path.write_text(code)
+    for changed in (path, directory):
+        os.utime(changed, (time.time() - 100, time.time() - 100))
+
+
+def test_successor_with_other_umask_is_replaced(start_run, tmp_path):
+    """A generation whose umask differs from its forked successor's kills it and starts a fresh standby."""
+    modules = tmp_path / "modules"
+    marker = tmp_path / "set-umask"
+    code = f"import os\nVALUE = 1\nif os.path.exists({str(marker)!r}):\n    os.umask(0o077)\n"
+    write_module(modules, "umask_module", code)
+    run = start_run("--module", "umask_module", env=clean_environment({"PYTHONPATH": str(modules)}))
+    marker.touch()
+
+    _, upgraded, ready = run.upgrade()
+    successor = ready["successor_pid"]
+    assert isinstance(successor, int)
+    standby = run.wait_event(upgraded["new_pid"], "standby")["standby_pid"]
+
+    assert standby not in (None, successor)
+    message = run.wait_log(upgraded["new_pid"], f"standby PID {successor}, forked before the hand-over, differs")
+    assert "process attributes" in message["message"]
+    assert wait_ended(successor)
+    # The fresh standby has the umask of the generation that started it, so the next upgrade uses it.
+    second = upgraded["new_pid"]
+    os.kill(second, signal.SIGHUP)
+    outcome = run.wait_event(second, "upgraded", "upgrade-failed")
+    assert outcome == {**outcome, "event": "upgraded", "new_pid": standby}
+    run.wait_event(standby, "ready")
+    run.wait_event(second, "exit")
+    run.current = standby
+    run.finish()
+
+
+def test_threaded_standby_forks_no_successor(start_run, tmp_path):
+    """A standby that runs a second thread after its preload forks no successor; its generation starts a fresh one."""
+    modules = tmp_path / "modules"
+    # The thread blocks every signal, as the server's own threads do, so SIGTERM still reaches the server.
+    code = (
+        "import signal, threading, time\n"
+        "mask = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())\n"
+        "threading.Thread(target=time.sleep, args=(600,), daemon=True).start()\n"
+        "signal.pthread_sigmask(signal.SIG_SETMASK, mask)\n"
+    )
+    write_module(modules, "thread_module", code)
+    run = start_run("--prestart", '["thread_module"]', env=clean_environment({"PYTHONPATH": str(modules)}))
+
+    _, upgraded, ready = run.upgrade()
+
+    assert ready["successor_pid"] is None
+    assert run.wait_event(upgraded["new_pid"], "standby")["standby_pid"] not in (None, upgraded["new_pid"])
+    assert "DeprecationWarning" not in run.child.stderr_text()
+    run.finish()
+
+
+def test_new_code_without_prestart_kills_successor(start_run):
+    """A new generation whose Upgrader has prestart off kills the successor it forked as a standby."""
+    run = start_run()
+    run.set_control(prestart=False)
+
+    _, upgraded, ready = run.upgrade()
+
+    assert isinstance(ready["successor_pid"], int)
+    assert wait_ended(ready["successor_pid"])
+    assert run.wait_event(upgraded["new_pid"], "standby")["standby_pid"] is None
     run.finish()
 
 
@@ -976,6 +1062,13 @@ def test_prestart_rejects_bad_values(prestart, error, named):
     """A prestart that is not a bool or a list of module names raises, naming the value."""
     with pytest.raises(error, match=f"prestart.*{named}"):
         fdpass.Upgrader(prestart=prestart)
+
+
+@pytest.mark.parametrize("value", ["yes", 1, None])
+def test_prestart_fork_rejects_non_bool(value):
+    """prestart_fork takes True or False only, and the error names the value."""
+    with pytest.raises(TypeError, match=f"prestart_fork must be True or False, not {value!r}"):
+        fdpass.Upgrader(prestart=True, prestart_fork=value)
 
 
 # The new generation restarts in place as soon as its parent has exited,

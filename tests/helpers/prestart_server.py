@@ -1,7 +1,8 @@
 """A line-echo server that upgrades itself on SIGHUP with fdpass.Upgrader(prestart=...).
 
 Every generation writes JSON events, one per line, to the shared stdout:
-"ready" (with what this generation saw when it started: its fds, LISTEN_PID,
+"ready" (with what this generation saw when it started: its fds, the PID and
+control fd of the successor it forked as a standby, LISTEN_PID,
 working directory, VERSION, the probe variable, and how __main__, sys.argv
 and sys.path were set up), "upgrading",
 "upgraded", "upgrade-failed", "crashing", "hanging", "stopping" and "stopped" (around
@@ -24,6 +25,7 @@ a generation starts:
 - "hang": true makes a generation with a parent sleep 600 s before ready(),
   and "before-upgrader" before it creates its Upgrader.
 - "linger": seconds a generation waits before it exits, once it stopped serving.
+- "prestart": the prestart value of a generation with a parent, in place of --prestart.
 - "stop_during_upgrade": seconds after the upgrade starts at which another
   thread calls stop().
 - "upgrade_token": a file path. The first generation with a parent that
@@ -57,6 +59,10 @@ start_fds = fd_targets()
 start_listen_pid = os.environ.get("LISTEN_PID")
 start_probe = os.environ.get("FDPASS_TEST_PROBE")
 start_cwd = os.getcwd()
+# The standby that this generation forked before its hand-over, if it started as one.
+_successor = getattr(__import__("sys").modules.get("fdpass._standby"), "successor", None)
+start_successor_pid = None if _successor is None else _successor.pid
+start_successor_fd = None if _successor is None else str(_successor.control.fileno())
 
 import argparse  # noqa: E402
 import importlib  # noqa: E402
@@ -226,6 +232,7 @@ def main() -> int:
     parser.add_argument("--address", required=True)
     parser.add_argument("--control", required=True)
     parser.add_argument("--prestart", default="true", help="JSON: true, false or a list of module names")
+    parser.add_argument("--prestart-fork", default="true", help="JSON: Upgrader's prestart_fork")
     parser.add_argument("--listener-timeout", default="nonblocking", help='"nonblocking", "none" or seconds')
     parser.add_argument("--upgrade-timeout", type=float, default=20.0, help="Upgrader's upgrade_timeout, in seconds")
     parser.add_argument("--module", help="a module to import and report VALUE of")
@@ -267,9 +274,9 @@ def main() -> int:
 
         original_start = prestart_module.start
 
-        def slow_start(modules: tuple[str, ...] | None) -> object:
+        def slow_start(modules: tuple[str, ...] | None, fork: bool = True) -> object:
             time.sleep(args.slow_standby_start)
-            return original_start(modules)
+            return original_start(modules, fork)
 
         prestart_module.start = slow_start
 
@@ -278,7 +285,12 @@ def main() -> int:
         emit("hanging")
         time.sleep(600)
         return 4
-    upgrader = fdpass.Upgrader(upgrade_timeout=args.upgrade_timeout, prestart=json.loads(args.prestart))
+    prestart = json.loads(args.prestart)
+    if "FDPASS_PARENT_PID" in os.environ:
+        prestart = read_control(args.control).get("prestart", prestart)
+    upgrader = fdpass.Upgrader(
+        upgrade_timeout=args.upgrade_timeout, prestart=prestart, prestart_fork=json.loads(args.prestart_fork)
+    )
     if upgrader.has_parent and read_control(args.control).get("crash"):
         emit("crashing")
         return 3
@@ -355,6 +367,8 @@ def main() -> int:
         parent_pid=upgrader.parent_pid,
         listen_pid=start_listen_pid,
         fds=start_fds,
+        successor_pid=start_successor_pid,
+        successor_fd=start_successor_fd,
         probe=start_probe,
         cwd=start_cwd,
         version=VERSION,
@@ -372,7 +386,7 @@ def main() -> int:
         take_upgrade_token(args.control)
     # wait_exit() returns True at once after stop(), which ends the standby.
     deadline = time.monotonic() + 20
-    prestart_on = json.loads(args.prestart) is not False
+    prestart_on = prestart is not False
     while prestart_on and upgrader.standby_pid is None and time.monotonic() < deadline and not upgrader.wait_exit(0.01):
         pass
     # _standby is private, but only its has_report() shows whether the report has arrived.
