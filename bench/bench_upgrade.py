@@ -24,7 +24,8 @@ Measured per side:
   generation's upgrade() returned (both read CLOCK_MONOTONIC);
 - start CPU: the CPU time the new generation used from its creation until
   ready(), which the load of other processes does not stretch; for
-  fdpass-prestart that includes the standby's start-up and preloading;
+  fdpass-prestart-exec that includes the standby's start-up and preloading,
+  and for fdpass-prestart the successor's fork and page copies;
 - client latency: connect, request and response, for every request during
   the rounds, with every error kept;
 - tracebacks: those the side's generations wrote to stderr, because a
@@ -313,7 +314,7 @@ class Side:
 BLOCK = 5
 
 #: The fdpass servers of bench/upgrade_server.py, each compared with tableflip.
-FDPASS_SIDES = ("fdpass", "fdpass-prestart", "fdpass-threads")
+FDPASS_SIDES = ("fdpass", "fdpass-prestart", "fdpass-prestart-exec", "fdpass-threads")
 
 #: A side whose server is never upgraded: the client latency this machine gives without upgrades.
 CONTROL = "no-upgrade"

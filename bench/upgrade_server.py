@@ -11,9 +11,11 @@ took), "upgrade-failed" and "exit".
 "fdpass-threads" runs the same server on threads without asyncio, which
 only fdpass allows, since tableflip's API is asyncio-only. "fdpass-prestart"
 is the asyncio server with Upgrader(prestart=True), so each new generation
-is a standby that the previous one started after its ready().
+is a standby that the previous one started after its ready(), forked from
+the standby before it. "fdpass-prestart-exec" adds prestart_fork=False, so
+each standby is a fresh interpreter.
 
-Usage: python upgrade_server.py {fdpass|fdpass-prestart|fdpass-threads|tableflip} PORT
+Usage: python upgrade_server.py {fdpass|fdpass-prestart|fdpass-prestart-exec|fdpass-threads|tableflip} PORT
 """
 
 from __future__ import annotations
@@ -68,14 +70,14 @@ async def drain(server: asyncio.Server) -> None:
         emit("drain-timeout")
 
 
-async def serve_fdpass(port: int, prestart: bool = False) -> None:
+async def serve_fdpass(port: int, prestart: bool = False, prestart_fork: bool = True) -> None:
     # Read before ready(), because the parent may exit as soon as ready() returns.
     parent = os.getppid()
     import asyncio
 
     import fdpass
 
-    upgrader = fdpass.Upgrader(upgrade_timeout=30, prestart=prestart)
+    upgrader = fdpass.Upgrader(upgrade_timeout=30, prestart=prestart, prestart_fork=prestart_fork)
     sock = upgrader.listen(("127.0.0.1", port))
     server = await asyncio.start_server(handle, sock=sock)
 
@@ -228,6 +230,8 @@ def serve_fdpass_threads(port: int) -> None:
 async def run(library: str, port: int) -> None:
     if library == "fdpass-prestart":
         await serve_fdpass(port, prestart=True)
+    elif library == "fdpass-prestart-exec":
+        await serve_fdpass(port, prestart=True, prestart_fork=False)
     else:
         serve = {"fdpass": serve_fdpass, "tableflip": serve_tableflip}[library]
         await serve(port)

@@ -53,7 +53,7 @@ WINDOW_SECONDS = 0.6
 BIN_EDGES = (0.0, 0.01, 0.05, 0.07, 0.1, 0.15, 0.2, 0.3, WINDOW_SECONDS)
 ROLES = ("old", "new", "other", "client")
 #: The servers of bench/upgrade_server.py, which upgrade on SIGHUP.
-LIBRARIES = ("fdpass", "fdpass-prestart", "fdpass-threads", "tableflip")
+LIBRARIES = ("fdpass", "fdpass-prestart", "fdpass-prestart-exec", "fdpass-threads", "tableflip")
 FIGURES = (("wait", "run-queue wait, ms"), ("cpu", "CPU time, ms"), ("switches", "involuntary switches"))
 
 
