@@ -1373,7 +1373,7 @@ long fdpass_unshare_private_pages(void)
         return -1;
 
     /* A line longer than the buffer, with a long path, goes on in the next
-     * fgets(), which sscanf() then rejects: only its start matters here. */
+     * fgets(), which sscanf() then rejects, and only a line's start matters. */
     while (fgets(line, sizeof line, maps) != NULL) {
         unsigned long start, end;
         char perms[5];

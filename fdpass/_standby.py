@@ -79,7 +79,7 @@ class StandbyProtocolError(Exception):
 class Successor:
     """A standby forked by this process before its hand-over, for the Upgrader of the generation it became.
 
-    origin holds what the successor inherited that a fresh standby would
+    origin contains what the successor inherited that a fresh standby would
     take from the generation at its start: the standby's interpreter and
     options, and its start-up variables, executable, stdio, process
     attributes, sys.path entry and working directory, under the names of
@@ -100,25 +100,25 @@ successor: Successor | None = None
 
 
 def take_successor() -> Successor | None:
-    """Return this process's successor and forget it, or None; the caller adopts or kills it."""
+    """Return this process's successor, or None, and forget it. The caller adopts or kills it."""
     global successor
 
-    taken = successor
-    if taken is None or taken.owner_pid != os.getpid():
+    candidate = successor
+    if candidate is None or candidate.owner_pid != os.getpid():
         return None
     successor = None
-    return taken
+    return candidate
 
 
 def discard_successor() -> None:
     """Kill and reap this process's successor, if it has one, because no Upgrader will adopt it."""
-    taken = take_successor()
-    if taken is None:
+    candidate = take_successor()
+    if candidate is None:
         return
-    taken.control.close()
+    candidate.control.close()
     try:
-        os.kill(taken.pid, signal.SIGKILL)
-        os.waitpid(taken.pid, 0)
+        os.kill(candidate.pid, signal.SIGKILL)
+        os.waitpid(candidate.pid, 0)
     except (ProcessLookupError, ChildProcessError):
         pass
 
@@ -451,15 +451,24 @@ def fork_successor(control: socket.socket, origin: dict[str, Any]) -> socket.soc
         return None
     from fdpass import _native
 
-    parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    pid = os.fork()
+    # Without a successor, the generation starts a fresh standby.
+    try:
+        parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    except OSError:
+        return None
+    try:
+        pid = os.fork()
+    except OSError:
+        parent_end.close()
+        child_end.close()
+        return None
     if pid == 0:
         control.close()
         parent_end.close()
         try:
             _native.unshare_private_pages()
         except OSError:
-            pass  # /proc is not mounted: the faults come later, in whichever process writes first
+            pass  # /proc is not mounted, so the faults come later, in whichever process writes first
         return child_end
 
     child_end.close()
@@ -529,7 +538,11 @@ def main() -> None:
 
         if not request.get("fork"):
             break
-        successor_control = fork_successor(control, _origin(started, path_entry))
+        try:
+            origin = _origin(started, path_entry)
+        except (OSError, ValueError):
+            break  # a successor whose origin is unknown could not be checked, so none is forked
+        successor_control = fork_successor(control, origin)
         if successor_control is None:
             break
         control = successor_control

@@ -405,7 +405,7 @@ def _adopt_successor(
     """Return the successor that this process forked as a standby, with request sent, or None to start a fresh one.
 
     A successor is adopted only if a fresh standby would start with what
-    it inherited (see fdpass._standby.Successor); otherwise it is killed.
+    it inherited (see fdpass._standby.Successor). Otherwise it is killed.
     """
     successor = standby_module.take_successor()
     if successor is None:

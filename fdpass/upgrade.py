@@ -1652,6 +1652,10 @@ def _stop_standby_before_exec() -> str | None:
         "stopped" if a standby ran, "claimed" if its start was still
         pending, else None; _restart_standby_after_exec_failure() takes it.
     """
+    # A successor not yet adopted would become such a zombie too, with or
+    # without an Upgrader. After a failed exec, the next standby starts fresh.
+    _discard_successor()
+
     upgrader = _active
     if upgrader is None or upgrader._owner_pid != os.getpid() or upgrader._prestart is False:
         return None

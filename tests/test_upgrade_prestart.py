@@ -211,7 +211,7 @@ def start_run(settled_install, reaper, children, tmp_path) -> Callable[..., Run]
 def test_new_generation_is_the_standby(start_run, fork):
     """The standby becomes the new generation, with LISTEN_PID, the listener and only the passed fds.
 
-    With prestart_fork, it also holds the control socket of the successor
+    With prestart_fork, it also has the control socket of the successor
     it forked, and adopts that successor as its own standby.
     """
     run = start_run("--prestart-fork", json.dumps(fork))
@@ -282,7 +282,7 @@ def test_successor_with_other_umask_is_replaced(start_run, tmp_path):
 
 
 def test_threaded_standby_forks_no_successor(start_run, tmp_path):
-    """A standby that runs a second thread after its preload forks no successor; its generation starts a fresh one."""
+    """A standby that runs a second thread after its preload forks no successor, so a fresh standby starts."""
     modules = tmp_path / "modules"
     # The thread blocks every signal, as the server's own threads do, so SIGTERM still reaches the server.
     code = (
