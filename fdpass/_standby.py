@@ -79,12 +79,13 @@ class StandbyProtocolError(Exception):
 class Successor:
     """A standby forked by this process before its hand-over, for the Upgrader of the generation it became.
 
-    origin contains what the successor inherited that a fresh standby would
-    take from the generation at its start: the standby's interpreter and
-    options, and its start-up variables, executable, stdio, process
-    attributes, sys.path entry and working directory, under the names of
-    fdpass.prestart.Standby's attributes. A successor is adopted only if a
-    fresh standby would get the same.
+    origin contains what the successor inherited and a fresh standby would
+    take from the generation at its start, under the names of
+    fdpass.prestart.Standby's attributes. That is the interpreter and its
+    options, the start-up variables, executable, stdio, process attributes,
+    sys.path entry and working directory, and under "preload" an explicit
+    module list. A successor is adopted only if a fresh standby would get
+    the same.
     """
 
     def __init__(self, pid: int, control: socket.socket, origin: dict[str, Any]) -> None:
@@ -409,18 +410,29 @@ def _receive_or_exit(control: socket.socket) -> tuple[object, list[int]]:
     return message
 
 
-def _origin(started: dict[str, Any], path_entry: str | None) -> dict[str, Any]:
-    """Return what a successor forked now inherits, as fdpass.prestart.Standby names it."""
+def _origin(started: dict[str, Any], request: dict[str, Any], sigint_handler: object) -> dict[str, Any]:
+    """Return what a successor forked now inherits, as fdpass.prestart.Standby names it.
+
+    "preload" is the explicit module list of request, or None for the default one.
+    """
     from fdpass import command, prestart
 
     parsed = command.parse_python_argv(sys.orig_argv)
+    attributes = prestart._process_attributes()
+    # A standby ignores SIGINT until its hand-over, which then restores sigint_handler.
+    ignored = int(str(attributes["ignored signals"]), 16) & ~(1 << (signal.SIGINT - 1))
+    if sigint_handler == signal.SIG_IGN:
+        ignored |= 1 << (signal.SIGINT - 1)
+    attributes["ignored signals"] = f"{ignored:016x}"
+
     return {
         **started,
         "interpreter": parsed.interpreter,
         "options": parsed.options,
-        "process_attributes": prestart._process_attributes(),
-        "path_entry": path_entry,
+        "process_attributes": attributes,
+        "path_entry": request["path_entry"],
         "cwd": command.getcwd_or_none(),
+        "preload": request["modules"] if request.get("explicit") else None,
     }
 
 
@@ -539,7 +551,7 @@ def main() -> None:
         if not request.get("fork"):
             break
         try:
-            origin = _origin(started, path_entry)
+            origin = _origin(started, request, sigint_handler)
         except (OSError, ValueError):
             break  # a successor whose origin is unknown could not be checked, so none is forked
         successor_control = fork_successor(control, origin)

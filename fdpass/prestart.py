@@ -96,20 +96,30 @@ def _stdio_ids() -> tuple[tuple[int, int] | None, ...]:
 def _process_attributes() -> dict[str, object]:
     """Return what a child inherits from this process besides fds and the environment."""
     with open("/proc/self/status") as stream:
-        status = dict(line.split(":", 1) for line in stream if ":" in line)
+        status = {name: value.strip() for name, value in (line.split(":", 1) for line in stream if ":" in line)}
     limits = {}
     for name in dir(resource):
         if name.startswith("RLIMIT_"):
             limits[name] = resource.getrlimit(getattr(resource, name))
+    try:
+        with open("/proc/self/oom_score_adj") as stream:
+            oom_score_adj: str | None = stream.read().strip()
+    except OSError:
+        oom_score_adj = None
 
     return {
-        "umask": status.get("Umask", "").strip(),
+        "umask": status.get("Umask", ""),
         "user IDs": os.getresuid(),
         "group IDs": (os.getresgid(), sorted(os.getgroups())),
         "resource limits": limits,
         "nice value": os.getpriority(os.PRIO_PROCESS, 0),
+        "scheduling policy": (os.sched_getscheduler(0), os.sched_getparam(0).sched_priority),
+        "OOM score adjustment": oom_score_adj,
         "CPU affinity": sorted(os.sched_getaffinity(0)),
         "process group and session": (os.getpgrp(), os.getsid(0)),
+        "ignored signals": status.get("SigIgn", ""),
+        "capabilities": tuple(status.get(name, "") for name in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")),
+        "no_new_privs and seccomp": (status.get("NoNewPrivs", ""), status.get("Seccomp", "")),
     }
 
 
@@ -166,6 +176,8 @@ class Standby:
         # Once reaped, its PID may belong to another process, so it gets no signal.
         self.reaped = False
         self.status: int | None = None
+        # True for a successor that the standby before it forked.
+        self.forked = False
 
     def __repr__(self) -> str:
         return f"<fdpass standby PID {self.pid}>"
@@ -415,8 +427,12 @@ def _adopt_successor(
     differing = [
         name
         for name, value in successor.origin.items()
-        if getattr(standby, name) != value and (name != "cwd" or standby.path_entry == "")
+        if name != "preload" and getattr(standby, name) != value and (name != "cwd" or standby.path_entry == "")
     ]
+    # A fresh standby would import exactly an explicit list, and the successor has its parent's imports.
+    preload = request["modules"] if explicit else None
+    if successor.origin["preload"] != preload:
+        differing.append("preloaded modules")
     if differing or not request["fork"]:
         standby.kill()
         if differing:
@@ -435,6 +451,7 @@ def _adopt_successor(
         standby.kill()
         _log.info("the forked standby PID %d is gone (%s), so a fresh one starts", standby.pid, error)
         return None
+    standby.forked = True
     return standby
 
 
@@ -457,7 +474,7 @@ def start(modules: tuple[str, ...] | None, fork: bool = True) -> Standby:
     explicit = modules is not None
     names = list(modules) if modules is not None else standby_module.default_preload()
     path_entry = standby_module.main_path_entry(parsed.kind, parsed.target, current.cwd)
-    request: dict[str, object] = {"modules": names, "path_entry": path_entry, "fork": fork}
+    request: dict[str, object] = {"modules": names, "explicit": explicit, "path_entry": path_entry, "fork": fork}
 
     adopted = _adopt_successor(parsed, environ, explicit, current.cwd, request)
     if adopted is not None:

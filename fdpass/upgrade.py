@@ -1069,7 +1069,10 @@ class Upgrader:
             return
 
         _register_exit_hook()
-        _log.info("standby PID %d started for the next upgrade", standby.pid)
+        if standby.forked:
+            _log.info("standby PID %d, forked before the hand-over, adopted for the next upgrade", standby.pid)
+        else:
+            _log.info("standby PID %d started for the next upgrade", standby.pid)
 
     def _start_standby_locked(self, during_upgrade: bool, only_if_pending: bool) -> Standby | None:
         """Do _start_standby()'s work under _standby_lock; return the standby started, or None."""

@@ -252,13 +252,24 @@ def write_module(directory: pathlib.Path, name: str, code: str) -> None:
         os.utime(changed, (time.time() - 100, time.time() - 100))
 
 
-def test_successor_with_other_umask_is_replaced(start_run, tmp_path):
-    """A generation whose umask differs from its forked successor's kills it and starts a fresh standby."""
+# Code that a generation runs before ready() once the marker file exists, and the attribute it changes.
+ATTRIBUTE_CHANGES = {
+    "umask": ("os.umask(0o077)", "process attributes"),
+    "ignored-signal": ("import signal\n    signal.signal(signal.SIGUSR1, signal.SIG_IGN)", "process attributes"),
+    "oom-score": ("open('/proc/self/oom_score_adj', 'w').write('500')", "process attributes"),
+    "sched-batch": ("os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))", "process attributes"),
+}
+
+
+@pytest.mark.parametrize("change", sorted(ATTRIBUTE_CHANGES))
+def test_changed_successor_is_replaced(start_run, tmp_path, change):
+    """A generation whose process attributes differ from its forked successor's kills it and starts a fresh standby."""
+    code, differing = ATTRIBUTE_CHANGES[change]
     modules = tmp_path / "modules"
-    marker = tmp_path / "set-umask"
-    code = f"import os\nVALUE = 1\nif os.path.exists({str(marker)!r}):\n    os.umask(0o077)\n"
-    write_module(modules, "umask_module", code)
-    run = start_run("--module", "umask_module", env=clean_environment({"PYTHONPATH": str(modules)}))
+    marker = tmp_path / "set-attribute"
+    module_code = f"import os\nVALUE = 1\nif os.path.exists({str(marker)!r}):\n    {code}\n"
+    write_module(modules, "attribute_module", module_code)
+    run = start_run("--module", "attribute_module", env=clean_environment({"PYTHONPATH": str(modules)}))
     marker.touch()
 
     _, upgraded, ready = run.upgrade()
@@ -268,9 +279,9 @@ def test_successor_with_other_umask_is_replaced(start_run, tmp_path):
 
     assert standby not in (None, successor)
     message = run.wait_log(upgraded["new_pid"], f"standby PID {successor}, forked before the hand-over, differs")
-    assert "process attributes" in message["message"]
+    assert differing in message["message"]
     assert wait_ended(successor)
-    # The fresh standby has the umask of the generation that started it, so the next upgrade uses it.
+    # The fresh standby has the attributes of the generation that started it, so the next upgrade uses it.
     second = upgraded["new_pid"]
     os.kill(second, signal.SIGHUP)
     outcome = run.wait_event(second, "upgraded", "upgrade-failed")
@@ -278,6 +289,23 @@ def test_successor_with_other_umask_is_replaced(start_run, tmp_path):
     run.wait_event(standby, "ready")
     run.wait_event(second, "exit")
     run.current = standby
+    run.finish()
+
+
+def test_changed_prestart_list_replaces_successor(start_run):
+    """A successor forked under an explicit prestart list is not adopted by a generation with the default list."""
+    run = start_run("--prestart", '["json"]')
+    run.set_control(prestart=True)
+
+    _, upgraded, ready = run.upgrade()
+    successor = ready["successor_pid"]
+    assert isinstance(successor, int)
+    standby = run.wait_event(upgraded["new_pid"], "standby")["standby_pid"]
+
+    assert standby not in (None, successor)
+    message = run.wait_log(upgraded["new_pid"], f"standby PID {successor}, forked before the hand-over, differs")
+    assert "preloaded modules" in message["message"]
+    assert wait_ended(successor)
     run.finish()
 
 
@@ -658,7 +686,8 @@ def test_standby_starts_on_ready_loop(start_run, mode, thread):
         upgrading, upgraded, _ = run.upgrade()
         assert upgraded["new_pid"] == upgrading["standby_pid"]
         started = run.wait_log(upgraded["new_pid"], "standby PID ")
-        assert started["message"].endswith("started for the next upgrade"), started
+        # The first generation with a parent is a forked standby, so its own standby is the successor it forked.
+        assert started["message"].endswith("adopted for the next upgrade"), started
         assert started["thread"] == thread
     run.finish()
 
@@ -671,7 +700,8 @@ def test_upgrade_during_blocked_loop_starts_standby(start_run, tmp_path, api):
     second, outcome = run.upgrade_at_parent_exit(tmp_path / "upgrade-token")
 
     third = outcome["new_pid"]
-    assert run.wait_log(second, f"standby PID {third} started")["thread"] == "signals"
+    # The second generation started as a forked standby, so it adopts its successor rather than start one.
+    assert run.wait_log(second, f"standby PID {third}, forked before the hand-over, adopted")["thread"] == "signals"
     assert any(f"over to standby PID {third}" in message for message in run.logs(second))
     run.finish()
 
