@@ -252,26 +252,20 @@ def write_module(directory: pathlib.Path, name: str, code: str) -> None:
         os.utime(changed, (time.time() - 100, time.time() - 100))
 
 
-# Code that a generation runs before ready() once the marker file exists, and the attribute it changes.
+# Code that a generation runs before ready() once the marker file exists, changing a process attribute.
 ATTRIBUTE_CHANGES = {
-    "umask": ("os.umask(0o077)", "process attributes"),
-    "ignored-signal": ("import signal\n    signal.signal(signal.SIGUSR1, signal.SIG_IGN)", "process attributes"),
-    "oom-score": ("open('/proc/self/oom_score_adj', 'w').write('500')", "process attributes"),
-    "sched-batch": ("os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))", "process attributes"),
+    "umask": "os.umask(0o077)",
+    "ignored-signal": "import signal\n    signal.signal(signal.SIGUSR1, signal.SIG_IGN)",
+    "oom-score": "open('/proc/self/oom_score_adj', 'w').write('500')",
+    "sched-batch": "os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))",
 }
 
 
-@pytest.mark.parametrize("change", sorted(ATTRIBUTE_CHANGES))
-def test_changed_successor_is_replaced(start_run, tmp_path, change):
-    """A generation whose process attributes differ from its forked successor's kills it and starts a fresh standby."""
-    code, differing = ATTRIBUTE_CHANGES[change]
-    modules = tmp_path / "modules"
-    marker = tmp_path / "set-attribute"
-    module_code = f"import os\nVALUE = 1\nif os.path.exists({str(marker)!r}):\n    {code}\n"
-    write_module(modules, "attribute_module", module_code)
-    run = start_run("--module", "attribute_module", env=clean_environment({"PYTHONPATH": str(modules)}))
-    marker.touch()
+def upgrade_replacing_successor(run: Run, reason: str) -> tuple[dict, int]:
+    """Upgrade once; check that the new generation killed its successor for reason and started a fresh standby.
 
+    Returns the "upgraded" event and the fresh standby's PID.
+    """
     _, upgraded, ready = run.upgrade()
     successor = ready["successor_pid"]
     assert isinstance(successor, int)
@@ -279,8 +273,23 @@ def test_changed_successor_is_replaced(start_run, tmp_path, change):
 
     assert standby not in (None, successor)
     message = run.wait_log(upgraded["new_pid"], f"standby PID {successor}, forked before the hand-over, differs")
-    assert differing in message["message"]
+    assert reason in message["message"]
     assert wait_ended(successor)
+    return upgraded, standby
+
+
+@pytest.mark.parametrize("change", sorted(ATTRIBUTE_CHANGES))
+def test_changed_successor_is_replaced(start_run, tmp_path, change):
+    """A generation whose process attributes differ from its forked successor's kills it and starts a fresh standby."""
+    modules = tmp_path / "modules"
+    marker = tmp_path / "set-attribute"
+    module_code = f"import os\nVALUE = 1\nif os.path.exists({str(marker)!r}):\n    {ATTRIBUTE_CHANGES[change]}\n"
+    write_module(modules, "attribute_module", module_code)
+    run = start_run("--module", "attribute_module", env=clean_environment({"PYTHONPATH": str(modules)}))
+    marker.touch()
+
+    upgraded, standby = upgrade_replacing_successor(run, "process attributes")
+
     # The fresh standby has the attributes of the generation that started it, so the next upgrade uses it.
     second = upgraded["new_pid"]
     os.kill(second, signal.SIGHUP)
@@ -297,15 +306,7 @@ def test_changed_prestart_list_replaces_successor(start_run):
     run = start_run("--prestart", '["json"]')
     run.set_control(prestart=True)
 
-    _, upgraded, ready = run.upgrade()
-    successor = ready["successor_pid"]
-    assert isinstance(successor, int)
-    standby = run.wait_event(upgraded["new_pid"], "standby")["standby_pid"]
-
-    assert standby not in (None, successor)
-    message = run.wait_log(upgraded["new_pid"], f"standby PID {successor}, forked before the hand-over, differs")
-    assert "preloaded modules" in message["message"]
-    assert wait_ended(successor)
+    upgrade_replacing_successor(run, "preloaded modules")
     run.finish()
 
 
