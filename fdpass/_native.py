@@ -254,7 +254,7 @@ def move_to_cpu(cpu: int) -> bool:
 
 
 def unshare_private_pages() -> int:
-    """Take a private copy of every resident page that fork() left shared; return how many.
+    """Take a private copy of every resident page that fork() left shared, and return the number of pages.
 
     See fdpass_unshare_private_pages() in csrc/fdpass.c.
 

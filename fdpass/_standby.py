@@ -437,7 +437,7 @@ def _origin(started: dict[str, Any], request: dict[str, Any], sigint_handler: ob
 
 
 def fork_successor(control: socket.socket, origin: dict[str, Any]) -> socket.socket | None:
-    """Fork the next standby; return its control socket in the child, and None in this process.
+    """Fork the next standby, and return its control socket in the child and None in this process.
 
     A standby's start-up costs the interpreter's start and every import
     again, tens of ms of CPU while the new generation serves. A fork costs
@@ -449,9 +449,9 @@ def fork_successor(control: socket.socket, origin: dict[str, Any]) -> socket.soc
     never restarted would. Upgrader(prestart_fork=False) starts each
     standby fresh instead.
 
-    Forks only while this process runs a single thread: a preloaded module
-    that started one makes fork() unsafe, and the generation then starts a
-    fresh standby. Returns None then too.
+    Forks only while this process runs a single thread, because a thread
+    that a preloaded module started makes fork() unsafe. Returns None then
+    too, and the generation starts a fresh standby.
     """
     global successor
 

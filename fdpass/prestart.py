@@ -414,10 +414,11 @@ def _adopt_successor(
     cwd: str | None,
     request: dict[str, object],
 ) -> Standby | None:
-    """Return the successor that this process forked as a standby, with request sent, or None to start a fresh one.
+    """Adopt the successor that this process forked as a standby, and send it request.
 
-    A successor is adopted only if a fresh standby would start with what
-    it inherited (see fdpass._standby.Successor). Otherwise it is killed.
+    Returns the adopted standby, or None if a fresh one must start. A
+    successor is adopted only if a fresh standby would start with what it
+    inherited (see fdpass._standby.Successor). Otherwise it is killed.
     """
     successor = standby_module.take_successor()
     if successor is None:

@@ -48,7 +48,7 @@ print(json.dumps({"before_kib": before, "after_kib": after, "pages": pages, "chi
 """
 
 
-def test_parent_and_child_stop_sharing_dirty_pages():
+def test_unshare_ends_shared_dirty_pages():
     """After both call it, the 32 MiB block that fork() left shared is private to each, with its bytes unchanged."""
     result = subprocess.run([sys.executable, "-c", PROGRAM], capture_output=True, text=True, timeout=50, check=True)
     figures = json.loads(result.stdout)

@@ -42,6 +42,7 @@ SIGTERM makes the current generation call stop() and exit.
 from __future__ import annotations
 
 import os
+import sys
 
 
 def fd_targets() -> dict[str, str]:
@@ -60,7 +61,7 @@ start_listen_pid = os.environ.get("LISTEN_PID")
 start_probe = os.environ.get("FDPASS_TEST_PROBE")
 start_cwd = os.getcwd()
 # The standby that this generation forked before its hand-over, if it started as one.
-_successor = getattr(__import__("sys").modules.get("fdpass._standby"), "successor", None)
+_successor = getattr(sys.modules.get("fdpass._standby"), "successor", None)
 start_successor_pid = None if _successor is None else _successor.pid
 start_successor_fd = None if _successor is None else str(_successor.control.fileno())
 
@@ -71,7 +72,6 @@ import logging  # noqa: E402
 import selectors  # noqa: E402
 import signal  # noqa: E402
 import socket  # noqa: E402
-import sys  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 
